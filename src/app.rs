@@ -1,0 +1,86 @@
+//! What each command does, from parsed arguments to an exit code.
+
+use std::io::Write;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Global, Sub};
+use crate::error::{Error, Result};
+use crate::launch::{self, exec, supervise};
+use crate::manifest::{self, plan};
+use crate::resolve;
+
+/// Runs the parsed command line; `Ok` carries the exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    if cli.sub.is_some() && cli.exec {
+        return Err(Error::Usage(
+            "--exec goes with a command (`secret-run --exec -- CMD`), not with a subcommand".into(),
+        ));
+    }
+    match cli.sub {
+        Some(Sub::Check { json }) => crate::check::run(&cli.global, json),
+        Some(Sub::Init { from_dotenv, force }) => {
+            crate::init::run(&cli.global.manifest, from_dotenv.as_deref(), force)
+        }
+        Some(Sub::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "secret-run",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Some(Sub::Man) => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            std::io::stdout()
+                .write_all(&out)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            Ok(0)
+        }
+        None => launch_command(&cli.global, cli.exec, cli.command),
+    }
+}
+
+fn launch_command(
+    global: &Global,
+    exec_mode: bool,
+    command: Vec<std::ffi::OsString>,
+) -> Result<u8> {
+    // Before any secret is fetched: a typo in the command costs nothing and reveals nothing.
+    let target = launch::find_command(command)?;
+    let plan = load_plan(global)?;
+    runtime()?.block_on(async {
+        let vars = resolve::resolve(&plan, global.timeout)
+            .await
+            .into_complete()
+            .map_err(Error::Resolve)?;
+        let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
+        drop(vars);
+        if exec_mode {
+            Err(exec::exec(cmd, &target))
+        } else {
+            supervise::supervise(cmd, &target).await
+        }
+    })
+}
+
+pub fn load_plan(global: &Global) -> Result<plan::Plan> {
+    let manifest = manifest::load(&global.manifest)?;
+    let opts = plan::PlanOptions {
+        backend_override: global.backend.clone().filter(|b| !b.is_empty()),
+        env_name: global.env_name.clone().filter(|e| !e.is_empty()),
+    };
+    plan::build(manifest, &opts)
+}
+
+/// One thread: resolving is I/O-bound and a single-threaded runtime starts in microseconds.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))
+}

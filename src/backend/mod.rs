@@ -1,0 +1,183 @@
+//! Backends: where secret values come from.
+//!
+//! Each backend is read-only and batch-first: the resolver hands it every distinct path it must
+//! read in one call, so that a backend with a batch API can use it and the others can run their
+//! reads concurrently. A backend returns one result per request (so that every missing secret is
+//! reported in one run) or fails as a whole (unreachable, unreadable, not authenticated).
+//!
+//! Dispatch is an enum rather than a trait object: the set of backends is closed, and `async fn`
+//! in an enum needs no boxing.
+
+pub mod command;
+pub mod dotenv;
+pub mod env;
+pub mod file;
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::error::did_you_mean;
+use crate::secret::SecretError;
+
+/// Every `kind` a `[backends.NAME]` table may have.
+pub const KINDS: &[&str] = &["env", "dotenv", "file", "command"];
+
+/// Backends that exist without being declared; a declaration of the same name replaces them.
+pub const BUILTIN: &[&str] = &["env", "dotenv"];
+
+/// The configuration of one declared backend, typed by its `kind`.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    Env(env::Config),
+    Dotenv(dotenv::Config),
+    File(file::Config),
+    Command(command::Config),
+}
+
+fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, String> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().trim_end().to_owned())
+}
+
+impl BackendConfig {
+    /// Types a backend table (without its `kind` and `prefix`, which every kind shares).
+    pub fn parse(kind: &str, table: toml::Table) -> Result<BackendConfig, String> {
+        match kind {
+            "env" => typed(table).map(BackendConfig::Env),
+            "dotenv" => typed(table).map(BackendConfig::Dotenv),
+            "file" => typed(table).map(BackendConfig::File),
+            "command" => typed::<command::Config>(table)
+                .and_then(|c| c.validate().map(|()| c))
+                .map(BackendConfig::Command),
+            other => Err(format!(
+                "unknown kind `{other}`{}; the kinds are: {}",
+                did_you_mean(other, KINDS.iter().copied()),
+                KINDS.join(", ")
+            )),
+        }
+    }
+
+    pub fn builtin(name: &str) -> Option<BackendConfig> {
+        match name {
+            "env" => Some(BackendConfig::Env(env::Config::default())),
+            "dotenv" => Some(BackendConfig::Dotenv(dotenv::Config::default())),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Env(_) => "env",
+            BackendConfig::Dotenv(_) => "dotenv",
+            BackendConfig::File(_) => "file",
+            BackendConfig::Command(_) => "command",
+        }
+    }
+
+    /// Whether entries of this backend may pin a `version`.
+    pub fn supports_versions(&self) -> bool {
+        false
+    }
+
+    /// Refuses, before anything is read, a path that this backend can never serve.
+    pub fn check_path(&self, path: &str) -> Result<(), String> {
+        match self {
+            BackendConfig::File(_) => file::check_relative(path),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What the backends need from outside their own table.
+#[derive(Debug)]
+pub struct Context {
+    /// Relative paths in the manifest are relative to the manifest's directory.
+    pub base_dir: PathBuf,
+}
+
+/// One distinct read: a full path (prefix applied) and an optional version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Request {
+    pub path: String,
+    pub version: Option<String>,
+}
+
+/// A value as a backend read it, with what the backend knows of its version (for `check`).
+#[derive(Debug)]
+pub struct Fetched {
+    pub value: SecretString,
+    pub version: Option<String>,
+}
+
+impl Fetched {
+    pub fn new(value: SecretString) -> Self {
+        Fetched {
+            value,
+            version: None,
+        }
+    }
+}
+
+/// Outer error: the backend failed as a whole. Inner: one result per request, in order.
+pub type FetchResult = Result<Vec<Result<Fetched, SecretError>>, SecretError>;
+
+#[derive(Debug)]
+pub enum Backend {
+    Env(env::EnvBackend),
+    Dotenv(dotenv::DotenvBackend),
+    File(file::FileBackend),
+    Command(command::CommandBackend),
+}
+
+impl Backend {
+    pub fn new(config: &BackendConfig, ctx: &Context) -> Result<Backend, String> {
+        Ok(match config {
+            BackendConfig::Env(c) => Backend::Env(env::EnvBackend::new(c)),
+            BackendConfig::Dotenv(c) => Backend::Dotenv(dotenv::DotenvBackend::new(c, ctx)),
+            BackendConfig::File(c) => Backend::File(file::FileBackend::new(c, ctx)?),
+            BackendConfig::Command(c) => Backend::Command(command::CommandBackend::new(c)),
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Env(_) => "env",
+            Backend::Dotenv(_) => "dotenv",
+            Backend::File(_) => "file",
+            Backend::Command(_) => "command",
+        }
+    }
+
+    /// Where a path is read from, for messages: the variable, the file, the program.
+    pub fn locate(&self, path: &str) -> String {
+        match self {
+            Backend::Env(_) => format!("variable {}", crate::secret::path_to_var(path)),
+            Backend::Dotenv(b) => format!(
+                "{} in {}",
+                crate::secret::path_to_var(path),
+                b.path().display()
+            ),
+            Backend::File(b) => b.dir().join(path).display().to_string(),
+            Backend::Command(b) => format!("`{}`", b.program()),
+        }
+    }
+
+    pub async fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
+        match self {
+            Backend::Env(b) => Ok(b.fetch(requests)),
+            Backend::Dotenv(b) => b.fetch(requests),
+            Backend::File(b) => Ok(b.fetch(requests)),
+            Backend::Command(b) => Ok(b.fetch(requests, deadline).await),
+        }
+    }
+
+    /// Variables holding the credentials this backend used: the child does not inherit them
+    /// unless the manifest asks for them. None of the local backends use credentials.
+    pub fn consumed_env(&self) -> Vec<String> {
+        Vec::new()
+    }
+}

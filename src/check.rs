@@ -1,0 +1,144 @@
+//! `secret-run check`: validate the manifest, resolve every secret, and report one line per
+//! variable (name, backend, path, outcome), never a value. Exit 0 only when every required
+//! secret resolves; otherwise the same code a launch would have failed with.
+
+use std::io::Write;
+
+use crate::app;
+use crate::cli::Global;
+use crate::error::{Error, Result};
+use crate::resolve::{self, Outcome};
+
+struct Row {
+    name: String,
+    backend: String,
+    kind: &'static str,
+    path: String,
+    key: Option<String>,
+    version: Option<String>,
+    optional: bool,
+    status: &'static str,
+    detail: Option<String>,
+}
+
+pub fn run(global: &Global, json: bool) -> Result<u8> {
+    let plan = app::load_plan(global)?;
+    let resolution = app::runtime()?.block_on(resolve::resolve(&plan, global.timeout));
+    let rows: Vec<Row> = plan
+        .vars
+        .iter()
+        .zip(&resolution.vars)
+        .map(|(p, r)| {
+            let (status, detail) = match &r.outcome {
+                Outcome::Value(_) => ("ok", None),
+                Outcome::Default(_) => (
+                    "default",
+                    Some("not found; the manifest's default is used".to_owned()),
+                ),
+                Outcome::Absent => ("absent", Some("optional; not found, left unset".to_owned())),
+                Outcome::Failed(e) => (e.kind.label(), Some(e.message.clone())),
+            };
+            Row {
+                name: r.name.to_string(),
+                backend: r.backend.clone(),
+                kind: plan.backends.get(&r.backend).map_or("", |b| b.kind()),
+                path: r.path.clone(),
+                key: p.key.as_ref().map(ToString::to_string),
+                version: r.version.clone().or_else(|| p.version.clone()),
+                optional: p.optional,
+                status,
+                detail,
+            }
+        })
+        .collect();
+    let code = match resolution.into_complete() {
+        Ok(_) => 0,
+        Err(failure) => failure.exit_code(),
+    };
+    let out = if json {
+        render_json(global, &rows, code)
+    } else {
+        render_table(&rows)
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Error::Internal(format!("cannot write the report: {e}")))?;
+    if code != 0 && !json {
+        let failed = rows
+            .iter()
+            .filter(|r| !matches!(r.status, "ok" | "default" | "absent"))
+            .count();
+        eprintln!(
+            "secret-run: check failed: {failed} of {} secrets did not resolve",
+            rows.len()
+        );
+    }
+    Ok(code)
+}
+
+fn render_table(rows: &[Row]) -> String {
+    let path_of = |r: &Row| match &r.key {
+        Some(k) => format!("{} [{k}]", r.path),
+        None => r.path.clone(),
+    };
+    let width = |f: &dyn Fn(&Row) -> usize, title: &str| {
+        rows.iter().map(f).max().unwrap_or(0).max(title.len())
+    };
+    let w_name = width(&|r| r.name.len(), "VARIABLE");
+    let w_backend = width(&|r| r.backend.len(), "BACKEND");
+    let w_path = width(&|r| path_of(r).len(), "PATH");
+    let mut out = format!(
+        "{:w_name$}  {:w_backend$}  {:w_path$}  STATUS\n",
+        "VARIABLE", "BACKEND", "PATH"
+    );
+    for r in rows {
+        let mut status = r.status.to_owned();
+        if let Some(v) = &r.version {
+            status.push_str(&format!(" (version {v})"));
+        }
+        if let Some(d) = &r.detail {
+            status.push_str(": ");
+            status.push_str(&d.replace('\n', "\n    "));
+        }
+        out.push_str(&format!(
+            "{:w_name$}  {:w_backend$}  {:w_path$}  {status}\n",
+            r.name,
+            r.backend,
+            path_of(r)
+        ));
+    }
+    if rows.is_empty() {
+        out.push_str("(the manifest lists no secrets)\n");
+    }
+    out
+}
+
+fn render_json(global: &Global, rows: &[Row], code: u8) -> String {
+    let secrets: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "backend": r.backend,
+                "kind": r.kind,
+                "path": r.path,
+                "key": r.key,
+                "version": r.version,
+                "optional": r.optional,
+                "status": r.status,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "manifest": global.manifest.display().to_string(),
+        "ok": code == 0,
+        "exit_code": code,
+        "secrets": secrets,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,0 +1,117 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  secret-run -- ./service --port 8080        resolve secrets.toml, run and supervise the service
+  SECRET_BACKEND=dotenv secret-run -- make   the same manifest, values from .env (no server)
+  secret-run --exec -- pytest                replace secret-run with the command (CI steps)
+  secret-run check                           resolve all, one line per variable, no values
+  secret-run init --from-dotenv .env         start a manifest from an existing .env
+
+Exit codes: the command's own code; 128+N when signal N killed it; 64 usage; 65 secret missing
+or unusable; 69 backend unavailable; 73 cannot write (init); 77 permission denied; 78 manifest
+invalid; 126 command not executable; 127 command not found. See docs/lifecycle.md.";
+
+/// Run a command with its secrets in its environment, fetched from the backend the manifest
+/// (secrets.toml) names: .env and the process environment for development, mounted secret files,
+/// or an external program.
+#[derive(Debug, Parser)]
+#[command(
+    name = "secret-run",
+    version,
+    after_help = AFTER_HELP,
+    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|init|completions>"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    /// Replace secret-run with the command (execve: same PID, nothing stays resident) instead of
+    /// supervising it. For CI steps, and images that already have an init.
+    #[arg(long)]
+    pub exec: bool,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD", num_args = 0..)]
+    pub command: Vec<OsString>,
+
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The manifest to read.
+    #[arg(
+        short = 'f',
+        long,
+        env = "SECRET_RUN_MANIFEST",
+        value_name = "PATH",
+        default_value = crate::manifest::DEFAULT_MANIFEST,
+        global = true
+    )]
+    pub manifest: PathBuf,
+
+    /// Send every secret that names no backend to this backend (e.g. `dotenv` on a laptop).
+    #[arg(long, env = "SECRET_BACKEND", value_name = "NAME", global = true)]
+    pub backend: Option<String>,
+
+    /// The environment name that replaces `{env}` in backend prefixes (dev, staging, prod).
+    #[arg(
+        long = "env",
+        env = "SECRET_RUN_ENV",
+        value_name = "NAME",
+        global = true
+    )]
+    pub env_name: Option<String>,
+
+    /// The deadline for resolving every secret (e.g. 10s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Validate the manifest and resolve every secret, printing one line per variable (never a
+    /// value). Exits 0 only when every required secret resolves: the CI gate and the dry run.
+    Check {
+        /// Print a JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a starter manifest (to -f, default secrets.toml).
+    Init {
+        /// Map every key of this .env to a secret, and write a .env.template with the names only.
+        #[arg(long, value_name = "FILE")]
+        from_dotenv: Option<PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s)
+}

@@ -1,0 +1,32 @@
+//! Human durations (`30s`, `5m`, `1h30m`, `250ms`) for the command line and the manifest.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))?;
+    if d.is_zero() {
+        return Err(format!("`{text}` is zero; a duration must be positive"));
+    }
+    Ok(d)
+}
+
+/// For `#[serde(deserialize_with)]` on an optional duration field.
+pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses() {
+        assert_eq!(super::parse("30s").unwrap().as_secs(), 30);
+        assert_eq!(super::parse("1h30m").unwrap().as_secs(), 5400);
+        assert!(super::parse("0s").is_err());
+        assert!(super::parse("soon").is_err());
+    }
+}

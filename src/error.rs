@@ -1,0 +1,152 @@
+//! The top-level error type and the exit codes it maps to.
+//!
+//! Every message here names the file, variable, backend or path involved and says what to do;
+//! none ever carries a secret value. The table of codes is documented in `docs/lifecycle.md`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::resolve::ResolveFailure;
+
+/// Exit codes of secret-run's own failures. The child's code passes through unchanged, and a child
+/// killed by signal N gives 128 + N. The numbers follow `sysexits.h` where one fits.
+pub mod code {
+    /// Bad command line (unknown option, no command after `--`).
+    pub const USAGE: u8 = 64;
+    /// A required secret is missing, or its value cannot be used (not JSON for `key`, NUL byte, ...).
+    pub const SECRET_MISSING: u8 = 65;
+    /// A backend could not be reached or did not answer before the deadline.
+    pub const UNAVAILABLE: u8 = 69;
+    /// An internal error: a bug in secret-run.
+    pub const SOFTWARE: u8 = 70;
+    /// `init` could not write its files (exists without `--force`, or the write failed).
+    pub const CANT_CREATE: u8 = 73;
+    /// A backend refused access (file permissions, a policy).
+    pub const PERMISSION_DENIED: u8 = 77;
+    /// The manifest is missing or invalid.
+    pub const CONFIG: u8 = 78;
+    /// The command was found but cannot be executed.
+    pub const CANNOT_EXECUTE: u8 = 126;
+    /// The command was not found.
+    pub const COMMAND_NOT_FOUND: u8 = 127;
+}
+
+/// One problem found in the manifest, located in its file.
+#[derive(Debug, Clone)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    /// 1-based line and column; `None` when the problem is about the file as a whole.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem of one manifest, reported together.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [one] => write!(f, "invalid manifest: {one}"),
+            many => {
+                write!(f, "invalid manifest: {} problems:", many.len())?;
+                for p in many {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error(
+        "no manifest found: looked for {}\n  create one with `secret-run init`, or name it with -f/--manifest or SECRET_RUN_MANIFEST",
+        .0.display()
+    )]
+    NoManifest(PathBuf),
+
+    #[error("cannot read manifest {}: {source}", path.display())]
+    ManifestUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Config(ConfigErrors),
+
+    #[error("{0}")]
+    Resolve(ResolveFailure),
+
+    #[error("command not found: `{name}`{hint}")]
+    CommandNotFound { name: String, hint: String },
+
+    #[error("cannot execute `{}`: {reason}", path.display())]
+    CannotExecute { path: PathBuf, reason: String },
+
+    #[error("{} already exists; pass --force to overwrite it (nothing was written)", .0.display())]
+    AlreadyExists(PathBuf),
+
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Init(String),
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => code::USAGE,
+            Error::NoManifest(_) | Error::Config(_) | Error::Init(_) => code::CONFIG,
+            Error::ManifestUnreadable { source, .. } => {
+                if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    code::PERMISSION_DENIED
+                } else {
+                    code::CONFIG
+                }
+            }
+            Error::Resolve(f) => f.exit_code(),
+            Error::CommandNotFound { .. } => code::COMMAND_NOT_FOUND,
+            Error::CannotExecute { .. } => code::CANNOT_EXECUTE,
+            Error::AlreadyExists(_) | Error::Write { .. } => code::CANT_CREATE,
+            Error::Internal(_) => code::SOFTWARE,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// ` (did you mean `x`?)` when one candidate is close to `word`, else an empty string.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}

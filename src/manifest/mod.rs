@@ -1,0 +1,485 @@
+//! The manifest (`secrets.toml`): reading it, typing each part, and locating every problem.
+//!
+//! The document is read in two steps so that one run reports every problem at once: first the
+//! top level, with each backend and secret kept as a spanned TOML value; then each of those is
+//! typed on its own, and whatever fails is collected with the line of its key. `plan.rs` then turns
+//! a valid manifest into what one run will do.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::backend::BackendConfig;
+use crate::error::{ConfigErrors, ConfigProblem, Error, Result};
+use crate::secret::{EnvName, Key};
+
+/// The file name looked for when no manifest is named.
+pub const DEFAULT_MANIFEST: &str = "secrets.toml";
+
+/// A manifest that is valid on its own (every field typed, every name well-formed).
+/// Whether it can run (backends exist, `{env}` given) is decided by `plan`.
+#[derive(Debug)]
+pub struct Manifest {
+    pub source: Source,
+    pub name: Option<String>,
+    pub default_backend: Option<Spanned<String>>,
+    /// Declared backends in file order.
+    pub backends: Vec<BackendDecl>,
+    /// Secrets in file order.
+    pub secrets: Vec<Entry>,
+    pub env: EnvPolicy,
+}
+
+/// The manifest's text, kept to turn byte offsets into lines and columns.
+#[derive(Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    /// The directory that relative paths in the manifest are resolved against.
+    pub fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    pub fn problem_at(&self, offset: Option<usize>, message: impl Into<String>) -> ConfigProblem {
+        ConfigProblem {
+            file: self.path.clone(),
+            position: offset.map(|o| self.position(o)),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct BackendDecl {
+    pub name: String,
+    pub offset: usize,
+    pub prefix: Option<String>,
+    pub config: BackendConfig,
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub name: EnvName,
+    pub offset: usize,
+    pub backend: Option<String>,
+    pub path: String,
+    pub key: Option<Key>,
+    pub version: Option<String>,
+    pub optional: bool,
+    /// Values in the manifest are not secret by design, but they join the resolved values, which are.
+    pub default: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inherit {
+    All,
+    Nothing,
+    Only(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvPolicy {
+    pub inherit: Inherit,
+    pub remove: Vec<String>,
+}
+
+impl Default for EnvPolicy {
+    fn default() -> Self {
+        EnvPolicy {
+            inherit: Inherit::All,
+            remove: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Option<String>,
+    default_backend: Option<Spanned<String>>,
+    #[serde(default)]
+    backends: BTreeMap<Spanned<String>, toml::Value>,
+    #[serde(default)]
+    secrets: BTreeMap<Spanned<String>, toml::Value>,
+    env: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    backend: Option<String>,
+    path: String,
+    key: Option<String>,
+    version: Option<toml::Value>,
+    optional: Option<bool>,
+    default: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnv {
+    inherit: Option<toml::Value>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// Reads and validates the manifest at `path`.
+pub fn load(path: &Path) -> Result<Manifest> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
+            Error::Config(ConfigErrors(vec![ConfigProblem {
+                file: path.to_path_buf(),
+                position: None,
+                message: "the manifest is not valid UTF-8".into(),
+            }]))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NoManifest(absolute(path)));
+        }
+        Err(source) => {
+            return Err(Error::ManifestUnreadable {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    parse(Source {
+        path: path.to_path_buf(),
+        text,
+    })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Parses manifest text; every problem found is returned together.
+pub fn parse(source: Source) -> Result<Manifest> {
+    let raw: RawManifest = match toml::from_str(&source.text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start);
+            let mut message = e.message().trim_end().to_owned();
+            if message.starts_with("unknown field") {
+                message.push_str(" (at the top level)");
+            }
+            return Err(Error::Config(ConfigErrors(vec![
+                source.problem_at(offset, message),
+            ])));
+        }
+    };
+    let mut problems = Vec::new();
+
+    let mut backends = Vec::new();
+    let mut raw_backends: Vec<_> = raw.backends.into_iter().collect();
+    raw_backends.sort_by_key(|(k, _)| k.span().start);
+    for (name, value) in raw_backends {
+        let offset = name.span().start;
+        let name = name.into_inner();
+        match parse_backend(&name, value) {
+            Ok((prefix, config)) => backends.push(BackendDecl {
+                name,
+                offset,
+                prefix,
+                config,
+            }),
+            Err(msg) => {
+                problems.push(source.problem_at(Some(offset), format!("[backends.{name}]: {msg}")))
+            }
+        }
+    }
+
+    let mut secrets = Vec::new();
+    let mut raw_secrets: Vec<_> = raw.secrets.into_iter().collect();
+    raw_secrets.sort_by_key(|(k, _)| k.span().start);
+    for (name, value) in raw_secrets {
+        let offset = name.span().start;
+        let name = name.into_inner();
+        match parse_entry(&name, value) {
+            Ok(mut entry) => {
+                entry.offset = offset;
+                secrets.push(entry);
+            }
+            Err(msgs) => problems.extend(
+                msgs.into_iter()
+                    .map(|m| source.problem_at(Some(offset), format!("secret `{name}`: {m}"))),
+            ),
+        }
+    }
+
+    let env = match raw.env {
+        None => EnvPolicy::default(),
+        Some(value) => {
+            let offset = value.span().start;
+            match parse_env(value.into_inner()) {
+                Ok(env) => env,
+                Err(msgs) => {
+                    problems.extend(
+                        msgs.into_iter()
+                            .map(|m| source.problem_at(Some(offset), format!("[env]: {m}"))),
+                    );
+                    EnvPolicy::default()
+                }
+            }
+        }
+    };
+
+    if !problems.is_empty() {
+        return Err(Error::Config(ConfigErrors(problems)));
+    }
+    Ok(Manifest {
+        source,
+        name: raw.name,
+        default_backend: raw.default_backend,
+        backends,
+        secrets,
+        env,
+    })
+}
+
+fn parse_backend(
+    name: &str,
+    value: toml::Value,
+) -> Result<(Option<String>, BackendConfig), String> {
+    // Backend names appear in `--backend`, SECRET_BACKEND and every message: keep them plain.
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err("a backend name may only use letters, digits, `_` and `-`".into());
+    }
+    let toml::Value::Table(mut table) = value else {
+        return Err(format!(
+            "expected a table with `kind = \"...\"`, found {}",
+            value.type_str()
+        ));
+    };
+    let kind = match table.remove("kind") {
+        Some(toml::Value::String(k)) => k,
+        Some(other) => {
+            return Err(format!(
+                "`kind` must be a string, found {}",
+                other.type_str()
+            ));
+        }
+        None => {
+            return Err(format!(
+                "missing `kind` (one of: {})",
+                crate::backend::KINDS.join(", ")
+            ));
+        }
+    };
+    let prefix = match table.remove("prefix") {
+        None => None,
+        Some(toml::Value::String(p)) => Some(p),
+        Some(other) => {
+            return Err(format!(
+                "`prefix` must be a string, found {}",
+                other.type_str()
+            ));
+        }
+    };
+    let config = BackendConfig::parse(&kind, table)?;
+    Ok((prefix, config))
+}
+
+fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
+    let mut problems = Vec::new();
+    let env_name = EnvName::parse(name).map_err(|e| problems.push(e)).ok();
+    let raw = match value {
+        toml::Value::String(path) => Some(RawEntry {
+            backend: None,
+            path,
+            key: None,
+            version: None,
+            optional: None,
+            default: None,
+        }),
+        toml::Value::Table(table) => match toml::Value::Table(table).try_into::<RawEntry>() {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                problems.push(e.message().trim_end().to_owned());
+                None
+            }
+        },
+        other => {
+            problems.push(format!(
+                "expected a path (`{name} = \"database/url\"`) or a table (`{name} = {{ path = \"...\" }}`), found {}",
+                other.type_str()
+            ));
+            None
+        }
+    };
+    let (Some(name), Some(raw)) = (env_name, raw) else {
+        return Err(problems);
+    };
+    if raw.path.trim().is_empty() {
+        problems.push("`path` cannot be empty".into());
+    }
+    if raw.key.as_deref() == Some("") {
+        problems.push("`key` cannot be empty; remove it to use the whole value".into());
+    }
+    let version = match raw.version {
+        None => None,
+        Some(toml::Value::String(s)) if !s.is_empty() => Some(s),
+        Some(toml::Value::Integer(n)) if n > 0 => Some(n.to_string()),
+        Some(_) => {
+            problems.push("`version` must be a positive number or a non-empty string".into());
+            None
+        }
+    };
+    if raw.optional == Some(false) && raw.default.is_some() {
+        problems.push(
+            "`default` makes a secret optional, but `optional = false` says it is required; remove one of them"
+                .into(),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Entry {
+        name,
+        offset: 0,
+        backend: raw.backend,
+        path: raw.path,
+        key: raw.key.as_deref().map(Key::parse),
+        version,
+        optional: raw.optional.unwrap_or(false) || raw.default.is_some(),
+        default: raw.default.map(SecretString::from),
+    })
+}
+
+fn parse_env(value: toml::Value) -> Result<EnvPolicy, Vec<String>> {
+    let raw: RawEnv = value
+        .try_into()
+        .map_err(|e: toml::de::Error| vec![e.message().trim_end().to_owned()])?;
+    let mut problems = Vec::new();
+    let inherit = match raw.inherit {
+        None | Some(toml::Value::Boolean(true)) => Inherit::All,
+        Some(toml::Value::Boolean(false)) => Inherit::Nothing,
+        Some(toml::Value::Array(items)) => {
+            let mut names = Vec::new();
+            for item in items {
+                match item {
+                    toml::Value::String(s) => names.push(s),
+                    other => problems.push(format!(
+                        "`inherit` lists variable names, found {}",
+                        other.type_str()
+                    )),
+                }
+            }
+            Inherit::Only(names)
+        }
+        Some(other) => {
+            problems.push(format!(
+                "`inherit` must be true, false or a list of variable names, found {}",
+                other.type_str()
+            ));
+            Inherit::All
+        }
+    };
+    let names = match &inherit {
+        Inherit::Only(names) => names.iter().chain(raw.remove.iter()).collect::<Vec<_>>(),
+        _ => raw.remove.iter().collect(),
+    };
+    for n in names {
+        if let Err(e) = EnvName::parse(n) {
+            problems.push(e);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(EnvPolicy {
+        inherit,
+        remove: raw.remove,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Manifest> {
+        parse(Source {
+            path: "secrets.toml".into(),
+            text: text.into(),
+        })
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse_str(text) {
+            Err(Error::Config(ConfigErrors(p))) => p.iter().map(|p| p.to_string()).collect(),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn shorthand_and_table() {
+        let m = parse_str(
+            "default_backend = \"local\"\n[secrets]\nA = \"a/b\"\nB = { path = \"c\", key = \"/x/y\", optional = true }\n",
+        )
+        .unwrap();
+        assert_eq!(m.secrets.len(), 2);
+        assert_eq!(m.secrets[0].name.as_str(), "A");
+        assert_eq!(m.secrets[1].key, Some(Key::Pointer("/x/y".into())));
+        assert!(m.secrets[1].optional);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let p = problems(
+            "[secrets]\n1FOO = \"a\"\nOK = \"b\"\nBAR = { path = \"c\", keys = \"x\" }\n\"A=B\" = \"d\"\n",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(
+            p[0].starts_with("secrets.toml:2:1: secret `1FOO`"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].contains(":4:1:")
+                && p[1].contains("unknown field `keys`")
+                && p[1].contains("`path`"),
+            "{}",
+            p[1]
+        );
+        assert!(p[2].contains(":5:1:"), "{}", p[2]);
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let p = problems("[secrets]\nA = \"unterminated\n");
+        assert!(p[0].starts_with("secrets.toml:2:"), "{}", p[0]);
+    }
+
+    #[test]
+    fn unknown_top_level_field() {
+        let p = problems("defualt_backend = \"x\"\n");
+        assert!(
+            p[0].contains("unknown field `defualt_backend`") && p[0].contains("default_backend"),
+            "{}",
+            p[0]
+        );
+    }
+}

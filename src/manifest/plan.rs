@@ -1,0 +1,266 @@
+//! From a valid manifest and the command line to the plan of one run: which backend serves each
+//! variable, at which full path, and the backends to instantiate (only those in use, so that a
+//! production backend's settings do not matter on a laptop running `SECRET_BACKEND=dotenv`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use super::{EnvPolicy, Manifest};
+use crate::backend::{BUILTIN, Backend, BackendConfig, Context};
+use crate::error::{ConfigErrors, Error, Result, did_you_mean};
+use crate::secret::{EnvName, Key};
+
+/// The backend used when neither the entry, `--backend`/SECRET_BACKEND nor `default_backend`
+/// names one: the `.env` beside the manifest, so that a new project runs with no server.
+pub const EMBEDDED_DEFAULT: &str = "dotenv";
+
+#[derive(Debug, Default, Clone)]
+pub struct PlanOptions {
+    /// `--backend` / SECRET_BACKEND: replaces the default for every entry that names no backend.
+    pub backend_override: Option<String>,
+    /// `--env` / SECRET_RUN_ENV: the value of `{env}` in prefixes.
+    pub env_name: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct PlannedVar {
+    pub name: EnvName,
+    pub backend: String,
+    /// The full path, prefix applied.
+    pub path: String,
+    pub key: Option<Key>,
+    pub version: Option<String>,
+    pub optional: bool,
+    pub default: Option<SecretString>,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub name: Option<String>,
+    pub vars: Vec<PlannedVar>,
+    pub backends: BTreeMap<String, Arc<Backend>>,
+    pub env: EnvPolicy,
+}
+
+impl Plan {
+    /// Credentials the backends in use consumed, which the child does not inherit.
+    pub fn consumed_env(&self) -> Vec<String> {
+        self.backends
+            .values()
+            .flat_map(|b| b.consumed_env())
+            .collect()
+    }
+}
+
+pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
+    let src = &manifest.source;
+    let mut problems = Vec::new();
+
+    let declared: BTreeMap<&str, (&BackendConfig, Option<&str>, Option<usize>)> = manifest
+        .backends
+        .iter()
+        .map(|d| {
+            (
+                d.name.as_str(),
+                (&d.config, d.prefix.as_deref(), Some(d.offset)),
+            )
+        })
+        .collect();
+    let builtins: Vec<(String, BackendConfig)> = BUILTIN
+        .iter()
+        .filter(|n| !declared.contains_key(*n))
+        .filter_map(|n| BackendConfig::builtin(n).map(|c| (n.to_string(), c)))
+        .collect();
+    let mut known = declared.clone();
+    for (name, config) in &builtins {
+        known.insert(name.as_str(), (config, None, None));
+    }
+    let names = || known.keys().copied().collect::<Vec<_>>().join(", ");
+
+    // The default: --backend/SECRET_BACKEND, else default_backend, else the embedded default.
+    let default = match (&opts.backend_override, &manifest.default_backend) {
+        (Some(name), _) => {
+            if !known.contains_key(name.as_str()) {
+                problems.push(src.problem_at(
+                    None,
+                    format!(
+                        "backend `{name}` (from --backend or SECRET_BACKEND) does not exist{}; the backends are: {}",
+                        did_you_mean(name, known.keys().copied()),
+                        names()
+                    ),
+                ));
+            }
+            Some(name.clone())
+        }
+        (None, Some(spanned)) => {
+            let name = spanned.get_ref();
+            if !known.contains_key(name.as_str()) {
+                problems.push(src.problem_at(
+                    Some(spanned.span().start),
+                    format!(
+                        "default_backend `{name}` does not exist{}; the backends are: {}",
+                        did_you_mean(name, known.keys().copied()),
+                        names()
+                    ),
+                ));
+            }
+            Some(name.clone())
+        }
+        (None, None) => Some(EMBEDDED_DEFAULT.to_owned()),
+    };
+
+    let mut vars = Vec::new();
+    let mut used: BTreeMap<String, Option<usize>> = BTreeMap::new();
+    for entry in manifest.secrets {
+        let at = Some(entry.offset);
+        let backend = match (&entry.backend, &default) {
+            (Some(b), _) => {
+                if !known.contains_key(b.as_str()) {
+                    problems.push(src.problem_at(
+                        at,
+                        format!(
+                            "secret `{}`: backend `{b}` does not exist{}; the backends are: {}",
+                            entry.name,
+                            did_you_mean(b, known.keys().copied()),
+                            names()
+                        ),
+                    ));
+                    continue;
+                }
+                b.clone()
+            }
+            (None, Some(d)) if known.contains_key(d.as_str()) => d.clone(),
+            // The bad default was reported once above.
+            _ => continue,
+        };
+        let (config, prefix, decl_at) = known[backend.as_str()];
+        if entry.version.is_some() && !config.supports_versions() {
+            problems.push(src.problem_at(
+                at,
+                format!(
+                    "secret `{}`: backend `{backend}` (kind {}) has no versions; remove `version`",
+                    entry.name,
+                    config.kind()
+                ),
+            ));
+        }
+        let prefix = match prefix.map(|p| expand_prefix(p, opts.env_name.as_deref())) {
+            None => String::new(),
+            Some(Ok(p)) => p,
+            Some(Err(msg)) => {
+                problems.push(src.problem_at(decl_at, format!("[backends.{backend}]: {msg}")));
+                // Once per backend is enough.
+                used.insert(backend.clone(), decl_at);
+                continue;
+            }
+        };
+        let path = format!("{prefix}{}", entry.path);
+        if let Err(msg) = config.check_path(&path) {
+            problems.push(src.problem_at(at, format!("secret `{}`: {msg}", entry.name)));
+        }
+        used.insert(backend.clone(), decl_at);
+        vars.push(PlannedVar {
+            name: entry.name,
+            backend,
+            path,
+            key: entry.key,
+            version: entry.version,
+            optional: entry.optional,
+            default: entry.default,
+        });
+    }
+    dedup_problems(&mut problems);
+
+    for name in &manifest.env.remove {
+        if vars.iter().any(|v| v.name.as_str() == name) {
+            problems.push(src.problem_at(
+                None,
+                format!(
+                    "[env]: `{name}` is both a secret and in `remove`; remove it from one of them"
+                ),
+            ));
+        }
+    }
+
+    let ctx = Context {
+        base_dir: src.dir(),
+    };
+    let mut backends = BTreeMap::new();
+    for (name, decl_at) in used {
+        let (config, _, _) = known[name.as_str()];
+        match Backend::new(config, &ctx) {
+            Ok(b) => {
+                backends.insert(name, Arc::new(b));
+            }
+            Err(msg) => problems.push(src.problem_at(decl_at, format!("[backends.{name}]: {msg}"))),
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(Error::Config(ConfigErrors(problems)));
+    }
+    Ok(Plan {
+        name: manifest.name,
+        vars,
+        backends,
+        env: manifest.env,
+    })
+}
+
+fn dedup_problems(problems: &mut Vec<crate::error::ConfigProblem>) {
+    let mut seen = std::collections::HashSet::new();
+    problems.retain(|p| seen.insert(p.to_string()));
+}
+
+/// Replaces `{env}`; any other `{...}` is a mistake worth stopping for.
+fn expand_prefix(prefix: &str, env_name: Option<&str>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = prefix;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("prefix `{prefix}` has an unclosed `{{`"));
+        };
+        match &after[1..end] {
+            "env" => match env_name {
+                Some(e) if !e.is_empty() => out.push_str(e),
+                _ => {
+                    return Err(format!(
+                        "prefix `{prefix}` uses {{env}}, but no environment was given: pass --env NAME or set SECRET_RUN_ENV"
+                    ));
+                }
+            },
+            other => {
+                return Err(format!(
+                    "prefix `{prefix}` has an unknown placeholder `{{{other}}}`; only {{env}} is replaced"
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_expansion() {
+        assert_eq!(
+            expand_prefix("app/{env}/", Some("prod")).unwrap(),
+            "app/prod/"
+        );
+        assert!(
+            expand_prefix("app/{env}/", None)
+                .unwrap_err()
+                .contains("--env")
+        );
+        assert!(expand_prefix("{region}/", Some("x")).is_err());
+        assert_eq!(expand_prefix("plain/", None).unwrap(), "plain/");
+    }
+}

@@ -1,0 +1,149 @@
+//! Launch modes with real processes: exec keeps the PID; supervise forwards signals and passes
+//! the child's exit through.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::{Project, script};
+
+fn wait_for(path: &Path) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < until, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn project() -> Project {
+    let p = Project::with_manifest("[secrets]\nTOKEN = \"token\"\n");
+    p.write(".env", "TOKEN=t\n");
+    p
+}
+
+#[test]
+fn exec_replaces_secret_run_keeping_the_pid() {
+    let p = project();
+    let child = p
+        .cmd()
+        .args([
+            "--exec",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > pid.out; echo \"$TOKEN\" > token.out",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(p.path("pid.out")).unwrap().trim(),
+        pid.to_string()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("token.out")).unwrap().trim(),
+        "t"
+    );
+}
+
+#[test]
+fn supervise_forwards_signals_and_passes_the_exit_code() {
+    let p = project();
+    script(
+        &p,
+        "child.sh",
+        r#"
+for s in QUIT USR1 USR2 WINCH HUP INT; do trap "echo $s >> got.log" $s; done
+trap 'echo TERM >> got.log; exit 7' TERM
+touch ready
+while :; do sleep 0.05; done
+"#,
+    );
+    let mut sup = p.cmd().args(["--", "./child.sh"]).spawn().unwrap();
+    wait_for(&p.path("ready"));
+    let pid = Pid::from_raw(sup.id() as i32);
+    // stdin is not a terminal here, so SIGINT did not reach the child from one: it is forwarded.
+    for sig in [
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGHUP,
+        Signal::SIGINT,
+    ] {
+        kill(pid, sig).unwrap();
+        let log = p.path("got.log");
+        let name = sig.as_str().trim_start_matches("SIG").to_owned();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&name)
+        {
+            assert!(Instant::now() < until, "child never got {name}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = sup.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "the child's code passes through");
+    let log = std::fs::read_to_string(p.path("got.log")).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["QUIT", "USR1", "USR2", "WINCH", "HUP", "INT", "TERM"]
+    );
+}
+
+#[test]
+fn supervised_child_killed_by_forwarded_signal_gives_128_plus_n() {
+    let p = project();
+    script(&p, "child.sh", "touch ready; exec sleep 30");
+    let mut sup = p.cmd().args(["--", "./child.sh"]).spawn().unwrap();
+    wait_for(&p.path("ready"));
+    // `exec sleep` may not have replaced the shell yet; SIGTERM kills either with 143.
+    kill(Pid::from_raw(sup.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(sup.wait().unwrap().code(), Some(143));
+}
+
+#[test]
+fn supervised_child_keeps_stdio() {
+    let p = project();
+    let out = p
+        .cmd()
+        .args(["--", "sh", "-c", "cat; echo err >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"through stdin\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through stdin\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+}
+
+#[test]
+fn argv0_and_arguments_are_passed_as_written() {
+    let p = project();
+    let out = p.run(&[
+        "--",
+        "sh",
+        "-c",
+        "printf '%s|' \"$0\" \"$@\"",
+        "zero",
+        "a b",
+        "",
+        "--",
+        "-v",
+    ]);
+    out.code(0);
+    assert_eq!(out.stdout, "zero|a b||--|-v|");
+}
