@@ -53,19 +53,15 @@ fn launch_command(
     // Before any secret is fetched: a typo in the command costs nothing and reveals nothing.
     let target = launch::find_command(command)?;
     let plan = load_plan(global)?;
-    runtime()?.block_on(async {
-        let vars = resolve::resolve(&plan, global.timeout)
-            .await
-            .into_complete()
-            .map_err(Error::Resolve)?;
-        let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
-        drop(vars);
-        if exec_mode {
-            Err(exec::exec(cmd, &target))
-        } else {
-            supervise::supervise(cmd, &target).await
-        }
-    })
+    let vars = resolve::resolve_blocking(&plan, global.timeout)?
+        .into_complete()
+        .map_err(Error::Resolve)?;
+    let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
+    drop(vars);
+    if exec_mode {
+        return Err(exec::exec(cmd, &target));
+    }
+    runtime()?.block_on(supervise::supervise(cmd, &target))
 }
 
 pub fn load_plan(global: &Global) -> Result<plan::Plan> {

@@ -23,7 +23,7 @@ struct Row {
 
 pub fn run(global: &Global, json: bool) -> Result<u8> {
     let plan = app::load_plan(global)?;
-    let resolution = app::runtime()?.block_on(resolve::resolve(&plan, global.timeout));
+    let resolution = resolve::resolve_blocking(&plan, global.timeout)?;
     let rows: Vec<Row> = plan
         .vars
         .iter()

@@ -157,38 +157,171 @@ impl fmt::Display for ResolveFailure {
 }
 
 type BackendResults = HashMap<Request, Result<Fetched, SecretError>>;
+type Results = HashMap<String, Result<BackendResults, SecretError>>;
 
-/// Resolves every variable of the plan within `timeout`.
-pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
-    let started = Instant::now();
-    let deadline = started + timeout;
+/// The distinct reads one backend must do.
+struct Batch {
+    name: String,
+    backend: Arc<Backend>,
+    requests: Vec<Request>,
+}
 
-    let mut batches: BTreeMap<&str, BTreeSet<Request>> = BTreeMap::new();
+fn batches(plan: &Plan) -> Vec<Batch> {
+    let mut by_backend: BTreeMap<&str, BTreeSet<Request>> = BTreeMap::new();
     for v in &plan.vars {
-        batches
+        by_backend
             .entry(v.backend.as_str())
             .or_default()
             .insert(request_of(v));
     }
+    by_backend
+        .into_iter()
+        .filter_map(|(name, requests)| {
+            plan.backends.get(name).map(|backend| Batch {
+                name: name.to_owned(),
+                backend: Arc::clone(backend),
+                requests: requests.into_iter().collect(),
+            })
+        })
+        .collect()
+}
+
+/// Resolves every variable of the plan within `timeout`, outside any async context. When every
+/// backend in use is local (the usual `--exec` case) no runtime is started: it would be most of
+/// secret-run's start-up cost.
+pub fn resolve_blocking(plan: &Plan, timeout: Duration) -> Result<Resolution, crate::error::Error> {
+    if plan.backends.values().all(|b| b.is_local()) {
+        return Ok(resolve_local(plan, timeout));
+    }
+    let rt = crate::app::runtime()?;
+    let resolution = rt.block_on(resolve(plan, timeout));
+    // A read stuck past the deadline must not hold the exit back.
+    rt.shutdown_background();
+    Ok(resolution)
+}
+
+fn resolve_local(plan: &Plan, timeout: Duration) -> Resolution {
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
+    let batches = batches(plan);
+    let names: Vec<String> = batches.iter().map(|b| b.name.clone()).collect();
     tracing::debug!(
         variables = plan.vars.len(),
-        backends = batches.len(),
-        timeout_ms = timeout.as_millis() as u64,
+        backends = names.len(),
+        "resolving (local backends)"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reads run on a thread of their own, so that one that blocks (a hung network
+    // filesystem) cannot outlast the deadline.
+    let reader = move || {
+        for b in batches {
+            let result = read_local(&b);
+            if tx.send((b.name, result)).is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("local-reads".into())
+        .spawn(reader)
+    {
+        tracing::warn!(error = %e, "cannot start a thread for the reads");
+    }
+    let mut results = Results::new();
+    while results.len() < names.len() {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok((name, result)) => {
+                results.insert(name, result);
+            }
+            Err(_) => break,
+        }
+    }
+    tracing::debug!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "reads finished"
+    );
+    assemble(plan, results, &names, timeout)
+}
+
+fn read_local(b: &Batch) -> Result<BackendResults, SecretError> {
+    let started = std::time::Instant::now();
+    let result = b
+        .backend
+        .fetch_local(&b.requests)
+        .unwrap_or_else(|| Err(bug("a remote backend was read as local")));
+    log_answer(b, started.elapsed(), result.is_ok());
+    pair(&b.requests, result)
+}
+
+async fn read_remote(b: &Batch, deadline: Instant) -> Result<BackendResults, SecretError> {
+    let started = Instant::now();
+    let result = b
+        .backend
+        .fetch_remote(&b.requests, deadline)
+        .await
+        .unwrap_or_else(|| Err(bug("a local backend was read as remote")));
+    log_answer(b, started.elapsed(), result.is_ok());
+    pair(&b.requests, result)
+}
+
+fn bug(what: &str) -> SecretError {
+    SecretError::unavailable(format!("{what} (a bug in secret-run; please report it)"))
+}
+
+fn log_answer(b: &Batch, elapsed: Duration, ok: bool) {
+    tracing::debug!(
+        backend = %b.name,
+        kind = b.backend.kind(),
+        paths = b.requests.len(),
+        elapsed_us = elapsed.as_micros() as u64,
+        ok,
+        "backend answered"
+    );
+}
+
+/// Matches each request with its result; a backend must return exactly one per request.
+fn pair(
+    requests: &[Request],
+    result: crate::backend::FetchResult,
+) -> Result<BackendResults, SecretError> {
+    let values = result?;
+    if values.len() != requests.len() {
+        return Err(bug("the backend returned a wrong number of results"));
+    }
+    Ok(requests.iter().cloned().zip(values).collect())
+}
+
+/// Resolves every variable of the plan within `timeout`, inside a runtime: every backend at once.
+pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let batches = batches(plan);
+    let names: Vec<String> = batches.iter().map(|b| b.name.clone()).collect();
+    tracing::debug!(
+        variables = plan.vars.len(),
+        backends = names.len(),
         "resolving"
     );
 
     let mut tasks = JoinSet::new();
     let mut task_backend = HashMap::new();
-    for (name, requests) in batches {
-        let Some(backend) = plan.backends.get(name).map(Arc::clone) else {
-            continue;
-        };
-        let requests: Vec<Request> = requests.into_iter().collect();
-        let handle = tasks.spawn(fetch_batch(name.to_owned(), backend, requests, deadline));
-        task_backend.insert(handle.id(), name.to_owned());
+    for batch in batches {
+        let name = batch.name.clone();
+        let handle = tasks.spawn(async move {
+            let name = batch.name.clone();
+            let result = if batch.backend.is_local() {
+                tokio::task::spawn_blocking(move || read_local(&batch))
+                    .await
+                    .unwrap_or_else(|_| Err(bug("a local read failed unexpectedly")))
+            } else {
+                read_remote(&batch, deadline).await
+            };
+            (name, result)
+        });
+        task_backend.insert(handle.id(), name);
     }
 
-    let mut results: HashMap<String, Result<BackendResults, SecretError>> = HashMap::new();
+    let mut results = Results::new();
     loop {
         match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
             Ok(Some(Ok((_, (name, result))))) => {
@@ -196,18 +329,24 @@ pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
             }
             Ok(Some(Err(join_error))) => {
                 if let Some(name) = task_backend.get(&join_error.id()) {
-                    results.insert(
-                        name.clone(),
-                        Err(SecretError::unavailable("the backend failed unexpectedly (a bug in secret-run; please report it)")),
-                    );
+                    results.insert(name.clone(), Err(bug("the backend failed unexpectedly")));
                 }
             }
-            Ok(None) => break,
-            Err(_) => break,
+            Ok(None) | Err(_) => break,
         }
     }
+    // Dropping the tasks cancels their requests and kills any provider program still running.
     tasks.abort_all();
-    for name in task_backend.values() {
+    tracing::debug!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "resolve finished"
+    );
+    assemble(plan, results, &names, timeout)
+}
+
+/// Gives each variable its outcome; backends with no answer by the deadline fail as a whole.
+fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Duration) -> Resolution {
+    for name in names {
         results.entry(name.clone()).or_insert_with(|| {
             Err(SecretError::unavailable(format!(
                 "did not answer within the {} deadline (--timeout)",
@@ -215,7 +354,6 @@ pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
             )))
         });
     }
-
     let mut failures: BTreeMap<String, BackendFailure> = BTreeMap::new();
     let vars = plan
         .vars
@@ -253,10 +391,6 @@ pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
             }
         })
         .collect();
-    tracing::debug!(
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "resolve finished"
-    );
     Resolution {
         vars,
         backend_failures: failures.into_values().collect(),
@@ -268,33 +402,6 @@ fn request_of(v: &PlannedVar) -> Request {
         path: v.path.clone(),
         version: v.version.clone(),
     }
-}
-
-async fn fetch_batch(
-    name: String,
-    backend: Arc<Backend>,
-    requests: Vec<Request>,
-    deadline: Instant,
-) -> (String, Result<BackendResults, SecretError>) {
-    let started = Instant::now();
-    let result = backend.fetch(&requests, deadline).await;
-    tracing::debug!(
-        backend = %name,
-        kind = backend.kind(),
-        paths = requests.len(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        ok = result.is_ok(),
-        "backend answered"
-    );
-    let result = result.and_then(|values| {
-        if values.len() != requests.len() {
-            return Err(SecretError::unavailable(
-                "the backend returned a wrong number of results (a bug in secret-run; please report it)",
-            ));
-        }
-        Ok(requests.into_iter().zip(values).collect())
-    });
-    (name, result)
 }
 
 /// Applies `key`, the value checks, and `optional`/`default` to one fetched value.

@@ -166,12 +166,34 @@ impl Backend {
         }
     }
 
-    pub async fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
+    /// Local backends (process environment, files) answer without a network or a runtime.
+    pub fn is_local(&self) -> bool {
         match self {
-            Backend::Env(b) => Ok(b.fetch(requests)),
-            Backend::Dotenv(b) => b.fetch(requests),
-            Backend::File(b) => Ok(b.fetch(requests)),
-            Backend::Command(b) => Ok(b.fetch(requests, deadline).await),
+            Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => true,
+            Backend::Command(_) => false,
+        }
+    }
+
+    /// Reads from a local backend; `None` for the others. Such a read can still block (a file on
+    /// a hung network filesystem), so callers run it where the deadline can cut it off.
+    pub fn fetch_local(&self, requests: &[Request]) -> Option<FetchResult> {
+        match self {
+            Backend::Env(b) => Some(Ok(b.fetch(requests))),
+            Backend::Dotenv(b) => Some(b.fetch(requests)),
+            Backend::File(b) => Some(Ok(b.fetch(requests))),
+            Backend::Command(_) => None,
+        }
+    }
+
+    /// Reads from a backend that is not local; local ones are read with `fetch_local`.
+    pub async fn fetch_remote(
+        &self,
+        requests: &[Request],
+        deadline: Instant,
+    ) -> Option<FetchResult> {
+        match self {
+            Backend::Command(b) => Some(Ok(b.fetch(requests, deadline).await)),
+            Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => None,
         }
     }
 

@@ -299,3 +299,44 @@ fn one_read_per_path_for_several_keys() {
         1
     );
 }
+
+/// A `.env` that is a FIFO nobody writes to (1Password Environments mounts `.env` as a named
+/// pipe) blocks a read forever: the deadline must still end the run, on both resolve paths.
+#[test]
+fn a_blocking_local_read_is_cut_off_by_the_deadline() {
+    let p = Project::new();
+    nix::unistd::mkfifo(&p.path(".env"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    script(&p, "bin/provider", "echo v");
+    let local_only = "[secrets]\nA = \"a\"\n";
+    let mixed = "[backends.c]\nkind = \"command\"\nargv = [\"./bin/provider\"]\n[secrets]\nA = \"a\"\nB = { backend = \"c\", path = \"b\" }\n";
+    for manifest in [local_only, mixed] {
+        p.write("secrets.toml", manifest);
+        for args in [
+            &["--timeout", "300ms", "--exec", "--", "true"][..],
+            &["--timeout", "300ms", "check"],
+        ] {
+            let mut child = p
+                .cmd()
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > until {
+                    child.kill().unwrap();
+                    panic!("secret-run hung on a blocking read ({args:?}, {manifest:?})");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let run = crate::support::Run::from(child.wait_with_output().unwrap());
+            run.code(69);
+            let said = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                said.contains("did not answer within the 300ms deadline"),
+                "{said}"
+            );
+        }
+    }
+}
