@@ -15,8 +15,7 @@ if ! command -v hyperfine >/dev/null; then
 fi
 command -v hyperfine >/dev/null || { echo "hyperfine is needed (apt-get install hyperfine)" >&2; exit 1; }
 
-cargo build --release --quiet
-bin=$PWD/target/release/secret-run
+bin=$(scripts/build-release)
 
 # Peers, best effort.
 if [ ! -x "$tools/dotenvy/bin/dotenvy" ]; then
@@ -43,19 +42,26 @@ args=(-N --warmup 100 --runs "$runs" --export-json bench/results/exec-overhead.j
       -n "secret-run --exec" "$bin -f $work/secrets.toml --exec -- $true_bin"
       -n "secret-run (supervise)" "$bin -f $work/secrets.toml -- $true_bin")
 [ -x "$tools/dotenvy/bin/dotenvy" ] && args+=(-n "dotenvy CLI" "$PWD/$tools/dotenvy/bin/dotenvy -f $work/.env $true_bin")
-[ -x "$tools/npm/node_modules/.bin/dotenvx" ] && args+=(-n "dotenvx run" "$PWD/$tools/npm/node_modules/.bin/dotenvx run -q -f $work/.env -- $true_bin")
 
 # Prove the wrapped command really gets the 20 values before timing it.
 count=$("$bin" -f "$work/secrets.toml" --exec -- sh -c 'env | grep -c "^SECRET_"')
 [ "$count" = 20 ] || { echo "expected 20 secrets in the child, got $count" >&2; exit 1; }
 
 hyperfine "${args[@]}"
+if [ -x "$tools/npm/node_modules/.bin/dotenvx" ]; then
+    # About half a second a run (Node start-up): fewer runs, its own file.
+    hyperfine -N --warmup 3 --runs 30 --export-json bench/results/exec-overhead-dotenvx.json \
+        -n "dotenvx run" "$PWD/$tools/npm/node_modules/.bin/dotenvx run -q -f $work/.env -- $true_bin"
+fi
 
 python3 - <<'PY'
 import json
+import os
 r = json.load(open("bench/results/exec-overhead.json"))["results"]
+if os.path.exists("bench/results/exec-overhead-dotenvx.json"):
+    r += json.load(open("bench/results/exec-overhead-dotenvx.json"))["results"]
 base = next(x for x in r if x["command"] == "true (bare)")
-print(f"\n{'command':28} {'median':>10} {'overhead':>10}")
+print("\n| command | median | mean ± σ | overhead (median) |\n|---|---|---|---|")
 for x in r:
-    print(f"{x['command']:28} {x['median']*1e3:8.3f}ms {(x['median']-base['median'])*1e3:+8.3f}ms")
+    print(f"| {x['command']} | {x['median']*1e3:.3f} ms | {x['mean']*1e3:.3f} ± {x['stddev']*1e3:.3f} ms | {(x['median']-base['median'])*1e3:+.3f} ms |")
 PY
