@@ -3,10 +3,14 @@
 # secret-run --exec and supervise against bare `true`, and against the dotenvy CLI and dotenvx
 # (installed into bench/.tools when the registries allow; skipped with a note otherwise).
 # Needs hyperfine (installed from apt when missing and running as root).
-# Usage: bench/exec-overhead.sh [RUNS]    Results: bench/results/exec-overhead.{json,md}
+# The machine drifts over a minute (page-fault cost in a VM), so the commands are timed in
+# ROUNDS interleaved rounds of RUNS runs each, and each round's overhead is taken against the
+# bare `true` of the same round; the report gives the median of those and their range.
+# Usage: bench/exec-overhead.sh [RUNS] [ROUNDS]    Results: bench/results/exec-overhead*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-1000}
+runs=${1:-300}
+rounds=${2:-10}
 tools=bench/.tools
 mkdir -p "$tools" bench/results
 
@@ -36,8 +40,7 @@ trap 'rm -rf "$work"' EXIT
 for i in $(seq -w 1 20); do echo "SECRET_$i=value-$i-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"; done > "$work/.env"
 true_bin=$(command -v true)
 
-args=(-N --warmup 100 --runs "$runs" --export-json bench/results/exec-overhead.json
-      --export-markdown bench/results/exec-overhead.md
+args=(-N --warmup 50 --runs "$runs" --style none
       -n "true (bare)" "$true_bin"
       -n "secret-run --exec" "$bin -f $work/secrets.toml --exec -- $true_bin"
       -n "secret-run (supervise)" "$bin -f $work/secrets.toml -- $true_bin")
@@ -47,7 +50,11 @@ args=(-N --warmup 100 --runs "$runs" --export-json bench/results/exec-overhead.j
 count=$("$bin" -f "$work/secrets.toml" --exec -- sh -c 'env | grep -c "^SECRET_"')
 [ "$count" = 20 ] || { echo "expected 20 secrets in the child, got $count" >&2; exit 1; }
 
-hyperfine "${args[@]}"
+rm -f bench/results/exec-overhead-round-*.json
+for round in $(seq 1 "$rounds"); do
+    echo "round $round of $rounds ($runs runs per command)" >&2
+    hyperfine "${args[@]}" --export-json "bench/results/exec-overhead-round-$round.json" >/dev/null
+done
 if [ -x "$tools/npm/node_modules/.bin/dotenvx" ]; then
     # About half a second a run (Node start-up): fewer runs, its own file.
     hyperfine -N --warmup 3 --runs 30 --export-json bench/results/exec-overhead-dotenvx.json \
@@ -55,13 +62,17 @@ if [ -x "$tools/npm/node_modules/.bin/dotenvx" ]; then
 fi
 
 python3 - <<'PY'
-import json
-import os
-r = json.load(open("bench/results/exec-overhead.json"))["results"]
+import glob, json, os, statistics
+rounds = [json.load(open(f))["results"] for f in sorted(glob.glob("bench/results/exec-overhead-round-*.json"))]
+names = [x["command"] for x in rounds[0]]
+print(f"\n{len(rounds)} interleaved rounds of {len(rounds[0][0]['times'])} runs per command\n")
+print("| command | median of round medians | overhead: median (min … max over rounds) |\n|---|---|---|")
+for i, name in enumerate(names):
+    medians = [r[i]["median"] for r in rounds]
+    over = [r[i]["median"] - r[0]["median"] for r in rounds]
+    print(f"| {name} | {statistics.median(medians)*1e3:.3f} ms | {statistics.median(over)*1e3:+.3f} ms ({min(over)*1e3:+.3f} … {max(over)*1e3:+.3f}) |")
 if os.path.exists("bench/results/exec-overhead-dotenvx.json"):
-    r += json.load(open("bench/results/exec-overhead-dotenvx.json"))["results"]
-base = next(x for x in r if x["command"] == "true (bare)")
-print("\n| command | median | mean ± σ | overhead (median) |\n|---|---|---|---|")
-for x in r:
-    print(f"| {x['command']} | {x['median']*1e3:.3f} ms | {x['mean']*1e3:.3f} ± {x['stddev']*1e3:.3f} ms | {(x['median']-base['median'])*1e3:+.3f} ms |")
+    x = json.load(open("bench/results/exec-overhead-dotenvx.json"))["results"][0]
+    base = statistics.median(r[0]["median"] for r in rounds)
+    print(f"| {x['command']} | {x['median']*1e3:.3f} ms | {(x['median']-base)*1e3:+.3f} ms (one run of 30) |")
 PY

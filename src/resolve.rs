@@ -210,30 +210,36 @@ fn resolve_local(plan: &Plan, timeout: Duration) -> Resolution {
         backends = names.len(),
         "resolving (local backends)"
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    // The reads run on a thread of their own, so that one that blocks (a hung network
-    // filesystem) cannot outlast the deadline.
-    let reader = move || {
-        for b in batches {
-            let result = read_local(&b);
-            if tx.send((b.name, result)).is_err() {
-                break;
-            }
-        }
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("local-reads".into())
-        .spawn(reader)
-    {
-        tracing::warn!(error = %e, "cannot start a thread for the reads");
-    }
     let mut results = Results::new();
-    while results.len() < names.len() {
-        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-            Ok((name, result)) => {
-                results.insert(name, result);
+    if !batches.iter().any(|b| b.backend.may_block()) {
+        // Nothing here can block: reading inline avoids a thread hand-off, about 0.2 ms of --exec.
+        for b in &batches {
+            results.insert(b.name.clone(), read_local(b));
+        }
+    } else {
+        // A read that may block forever runs on a thread of its own, so that the deadline holds.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = move || {
+            for b in batches {
+                let result = read_local(&b);
+                if tx.send((b.name, result)).is_err() {
+                    break;
+                }
             }
-            Err(_) => break,
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("local-reads".into())
+            .spawn(reader)
+        {
+            tracing::warn!(error = %e, "cannot start a thread for the reads");
+        }
+        while results.len() < names.len() {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok((name, result)) => {
+                    results.insert(name, result);
+                }
+                Err(_) => break,
+            }
         }
     }
     tracing::debug!(

@@ -39,6 +39,11 @@ impl DotenvBackend {
         }
     }
 
+    /// A FIFO or a device can block a read forever; a missing file fails at once.
+    pub fn may_block(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| !m.is_file())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -174,6 +174,16 @@ impl Backend {
         }
     }
 
+    /// Whether a local read could block indefinitely: only a `.env` that is not a regular file
+    /// (a FIFO, as 1Password Environments mounts it). The `file` backend refuses anything but
+    /// regular files before opening, and a regular file's read always ends.
+    pub fn may_block(&self) -> bool {
+        match self {
+            Backend::Dotenv(b) => b.may_block(),
+            Backend::Env(_) | Backend::File(_) | Backend::Command(_) => false,
+        }
+    }
+
     /// Reads from a local backend; `None` for the others. Such a read can still block (a file on
     /// a hung network filesystem), so callers run it where the deadline can cut it off.
     pub fn fetch_local(&self, requests: &[Request]) -> Option<FetchResult> {
