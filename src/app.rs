@@ -53,15 +53,39 @@ fn launch_command(
     // Before any secret is fetched: a typo in the command costs nothing and reveals nothing.
     let target = launch::find_command(command)?;
     let plan = load_plan(global)?;
-    let vars = resolve::resolve_blocking(&plan, global.timeout)?
-        .into_complete()
-        .map_err(Error::Resolve)?;
-    let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
-    drop(vars);
     if exec_mode {
+        let vars = resolve::resolve_blocking(&plan, global.timeout)?
+            .into_complete()
+            .map_err(Error::Resolve)?;
+        let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
+        drop(vars);
         return Err(exec::exec(cmd, &target));
     }
-    runtime()?.block_on(supervise::supervise(cmd, &target))
+    // One runtime for the resolve and the supervision: the HTTP connections a backend opened,
+    // and the tokens it obtained, stay usable for renewal while the child runs.
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let vars = resolve::resolve(&plan, global.timeout)
+            .await
+            .into_complete()
+            .map_err(Error::Resolve)?;
+        let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
+        drop(vars);
+        let keepers: Vec<_> = plan
+            .backends
+            .values()
+            .map(|b| {
+                let b = std::sync::Arc::clone(b);
+                tokio::spawn(async move { b.keep_alive().await })
+            })
+            .collect();
+        let code = supervise::supervise(cmd, &target).await;
+        keepers.iter().for_each(tokio::task::JoinHandle::abort);
+        code
+    });
+    // A local read stuck past the deadline must not hold the exit back.
+    rt.shutdown_background();
+    result
 }
 
 pub fn load_plan(global: &Global) -> Result<plan::Plan> {

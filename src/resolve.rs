@@ -30,6 +30,8 @@ pub struct ResolvedVar {
     pub backend: String,
     pub path: String,
     pub version: Option<String>,
+    /// When the version read was written, where the backend says.
+    pub created: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -365,8 +367,8 @@ fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Durati
         .vars
         .iter()
         .map(|v| {
-            let no_answer = || (Outcome::Failed(SecretError::unavailable("no answer from the backend")), None);
-            let (outcome, version) = match results.get(&v.backend) {
+            let no_answer = || (Outcome::Failed(SecretError::unavailable("no answer from the backend")), Meta::default());
+            let (outcome, meta) = match results.get(&v.backend) {
                 Some(Ok(map)) => map.get(&request_of(v)).map_or_else(no_answer, |r| finish(v, r)),
                 Some(Err(e)) => {
                     failures
@@ -378,7 +380,7 @@ fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Durati
                         })
                         .vars
                         .push(v.name.clone());
-                    (Outcome::Failed(e.clone()), None)
+                    (Outcome::Failed(e.clone()), Meta::default())
                 }
                 None => no_answer(),
             };
@@ -392,7 +394,8 @@ fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Durati
                 name: v.name.clone(),
                 backend: v.backend.clone(),
                 path: v.path.clone(),
-                version,
+                version: meta.version,
+                created: meta.created,
                 outcome,
             }
         })
@@ -410,17 +413,29 @@ fn request_of(v: &PlannedVar) -> Request {
     }
 }
 
+/// What a backend said of the version it read.
+#[derive(Default)]
+struct Meta {
+    version: Option<String>,
+    created: Option<String>,
+}
+
 /// Applies `key`, the value checks, and `optional`/`default` to one fetched value.
-fn finish(v: &PlannedVar, fetched: &Result<Fetched, SecretError>) -> (Outcome, Option<String>) {
-    let (value, version) = match fetched {
+fn finish(v: &PlannedVar, fetched: &Result<Fetched, SecretError>) -> (Outcome, Meta) {
+    let (value, meta) = match fetched {
         Ok(f) => {
-            let value = match &v.key {
-                Some(key) => secret::apply_key(&f.value, key),
-                None => Ok(f.value.clone()),
+            let value = match (&v.key, f.fields) {
+                (Some(key), _) => secret::apply_key(&f.value, key),
+                (None, true) => secret::only_field(&f.value),
+                (None, false) => Ok(f.value.clone()),
             };
-            (value, f.version.clone())
+            let meta = Meta {
+                version: f.version.clone(),
+                created: f.created.clone(),
+            };
+            (value, meta)
         }
-        Err(e) => (Err(e.clone()), None),
+        Err(e) => (Err(e.clone()), Meta::default()),
     };
     let outcome = match value.and_then(|val| secret::check_env_value(&v.name, &val).map(|()| val)) {
         Ok(val) => Outcome::Value(val),
@@ -430,5 +445,5 @@ fn finish(v: &PlannedVar, fetched: &Result<Fetched, SecretError>) -> (Outcome, O
         },
         Err(e) => Outcome::Failed(e),
     };
-    (outcome, version)
+    (outcome, meta)
 }

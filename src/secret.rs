@@ -212,12 +212,42 @@ fn classify_json_error(e: &serde_json::Error) -> &'static str {
     }
 }
 
+/// The value of a secret made of named fields, when no `key` says which: its only field, or its
+/// field `value`. Otherwise the error lists the field names (never values).
+pub fn only_field(value: &SecretString) -> Result<SecretString, SecretError> {
+    let parsed: serde_json::Value = serde_json::from_str(value.expose_secret())
+        .map_err(|_| SecretError::invalid("the secret's fields are not a JSON object"))?;
+    let serde_json::Value::Object(fields) = &parsed else {
+        return Err(SecretError::invalid(format!(
+            "the secret is {}, not an object of fields",
+            json_type(&parsed)
+        )));
+    };
+    let name = match fields.len() {
+        0 => return Err(SecretError::not_found("the secret has no fields")),
+        1 => fields.keys().next().cloned().unwrap_or_default(),
+        _ if fields.contains_key("value") => "value".to_owned(),
+        _ => {
+            return Err(SecretError::invalid(format!(
+                "the secret has several fields ({}) and none is named `value`; choose one with `key = \"…\"`",
+                fields
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    select(&parsed, &Key::Field(name))
+}
+
 /// Selects a field (or follows a pointer) in parsed JSON and turns the result into a value:
 /// strings as they are, numbers and booleans as written, objects and arrays as compact JSON.
+/// A pointer goes on into a string that holds JSON (a field storing a JSON document).
 pub fn select(value: &serde_json::Value, key: &Key) -> Result<SecretString, SecretError> {
-    let found = match key {
+    let found: Option<std::borrow::Cow<'_, serde_json::Value>> = match key {
         Key::Field(name) => match value {
-            serde_json::Value::Object(map) => map.get(name),
+            serde_json::Value::Object(map) => map.get(name).map(std::borrow::Cow::Borrowed),
             other => {
                 return Err(SecretError::invalid(format!(
                     "`key = \"{name}\"` needs a JSON object, but the value is {}",
@@ -225,7 +255,7 @@ pub fn select(value: &serde_json::Value, key: &Key) -> Result<SecretString, Secr
                 )));
             }
         },
-        Key::Pointer(ptr) => value.pointer(ptr),
+        Key::Pointer(ptr) => follow(value, ptr).map(|(_, found)| found),
     };
     let Some(found) = found else {
         return Err(SecretError::not_found(format!(
@@ -233,16 +263,68 @@ pub fn select(value: &serde_json::Value, key: &Key) -> Result<SecretString, Secr
             describe_fields(value, key)
         )));
     };
-    match found {
+    match found.as_ref() {
         serde_json::Value::String(s) => Ok(SecretString::from(s.as_str())),
         serde_json::Value::Null => Err(SecretError::invalid(format!("field `{key}` is null"))),
-        serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
-            Ok(SecretString::from(found.to_string()))
+        other @ (serde_json::Value::Bool(_)
+        | serde_json::Value::Number(_)
+        | serde_json::Value::Array(_)
+        | serde_json::Value::Object(_)) => Ok(SecretString::from(other.to_string())),
+    }
+}
+
+/// Follows an RFC 6901 pointer as far as it goes, parsing a string that holds JSON when the
+/// pointer goes on past it. `Err` carries where it stopped (the path reached and the node there).
+#[allow(clippy::type_complexity)]
+fn walk<'a>(
+    root: &'a serde_json::Value,
+    ptr: &str,
+) -> Result<
+    std::borrow::Cow<'a, serde_json::Value>,
+    (String, std::borrow::Cow<'a, serde_json::Value>),
+> {
+    use std::borrow::Cow;
+    let mut node: Cow<'a, serde_json::Value> = Cow::Borrowed(root);
+    let mut at = String::new();
+    for token in ptr.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        if let serde_json::Value::String(text) = node.as_ref() {
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(inner @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
+                    node = Cow::Owned(inner);
+                }
+                _ => return Err((at, node)),
+            }
         }
-        serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
-            Ok(SecretString::from(found.to_string()))
+        let next = match node {
+            Cow::Borrowed(n) => child(n, &token).map(Cow::Borrowed),
+            Cow::Owned(ref n) => child(n, &token).cloned().map(Cow::Owned),
+        };
+        match next {
+            Some(n) => {
+                node = n;
+                at.push('/');
+                at.push_str(&token);
+            }
+            None => return Err((at, node)),
         }
     }
+    Ok(node)
+}
+
+fn child<'a>(node: &'a serde_json::Value, token: &str) -> Option<&'a serde_json::Value> {
+    match node {
+        serde_json::Value::Object(m) => m.get(token),
+        serde_json::Value::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    }
+}
+
+fn follow<'a>(
+    root: &'a serde_json::Value,
+    ptr: &str,
+) -> Option<(String, std::borrow::Cow<'a, serde_json::Value>)> {
+    walk(root, ptr).ok().map(|n| (ptr.to_owned(), n))
 }
 
 fn json_type(v: &serde_json::Value) -> &'static str {
@@ -260,37 +342,18 @@ fn json_type(v: &serde_json::Value) -> &'static str {
 /// reached. Only names are listed, in their stored order.
 fn describe_fields(root: &serde_json::Value, key: &Key) -> String {
     let (at, node) = match key {
-        Key::Field(_) => (String::new(), root),
-        Key::Pointer(ptr) => {
-            let mut node = root;
-            let mut at = String::new();
-            for token in ptr.split('/').skip(1) {
-                let token = token.replace("~1", "/").replace("~0", "~");
-                let next = match node {
-                    serde_json::Value::Object(m) => m.get(&token),
-                    serde_json::Value::Array(a) => {
-                        token.parse::<usize>().ok().and_then(|i| a.get(i))
-                    }
-                    _ => None,
-                };
-                match next {
-                    Some(n) => {
-                        node = n;
-                        at.push('/');
-                        at.push_str(&token);
-                    }
-                    None => break,
-                }
-            }
-            (at, node)
-        }
+        Key::Field(_) => (String::new(), std::borrow::Cow::Borrowed(root)),
+        Key::Pointer(ptr) => match walk(root, ptr) {
+            Ok(n) => (ptr.clone(), n),
+            Err(stopped) => stopped,
+        },
     };
     let place = if at.is_empty() {
         "the value".to_owned()
     } else {
         format!("`{at}`")
     };
-    match node {
+    match node.as_ref() {
         serde_json::Value::Object(m) if m.is_empty() => format!("{place} is an empty object"),
         serde_json::Value::Object(m) => format!(
             "{place} has fields: {}",
@@ -357,6 +420,33 @@ mod tests {
             miss.message
         );
         assert!(!miss.message.contains("\"p\""));
+    }
+
+    #[test]
+    fn pointer_into_a_field_holding_json() {
+        let v = SecretString::from(r#"{"db":"{\"password\":\"pw\",\"port\":5432}","x":"1"}"#);
+        let get = |k: &str| apply_key(&v, &Key::parse(k)).map(|s| s.expose_secret().to_owned());
+        assert_eq!(get("/db/password").unwrap(), "pw");
+        let miss = get("/db/user").unwrap_err();
+        assert!(
+            miss.message.contains("`/db` has fields: password, port"),
+            "{}",
+            miss.message
+        );
+        assert!(!miss.message.contains("pw"));
+    }
+
+    #[test]
+    fn only_field_rules() {
+        let one = SecretString::from(r#"{"token":"t"}"#);
+        assert_eq!(only_field(&one).unwrap().expose_secret(), "t");
+        let named = SecretString::from(r#"{"a":"1","value":"v"}"#);
+        assert_eq!(only_field(&named).unwrap().expose_secret(), "v");
+        let many = SecretString::from(r#"{"user":"u-secret","password":"p-secret"}"#);
+        let e = only_field(&many).unwrap_err();
+        assert!(e.message.contains("user, password"), "{}", e.message);
+        assert!(!e.message.contains("secret\""));
+        assert!(!e.message.contains("u-secret"));
     }
 
     #[test]

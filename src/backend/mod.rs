@@ -12,6 +12,7 @@ pub mod command;
 pub mod dotenv;
 pub mod env;
 pub mod file;
+pub mod vault;
 
 use std::path::PathBuf;
 
@@ -23,7 +24,7 @@ use crate::error::did_you_mean;
 use crate::secret::SecretError;
 
 /// Every `kind` a `[backends.NAME]` table may have.
-pub const KINDS: &[&str] = &["env", "dotenv", "file", "command"];
+pub const KINDS: &[&str] = &["env", "dotenv", "file", "command", "vault"];
 
 /// Backends that exist without being declared; a declaration of the same name replaces them.
 pub const BUILTIN: &[&str] = &["env", "dotenv"];
@@ -35,6 +36,7 @@ pub enum BackendConfig {
     Dotenv(dotenv::Config),
     File(file::Config),
     Command(command::Config),
+    Vault(Box<vault::Config>),
 }
 
 fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, String> {
@@ -53,6 +55,9 @@ impl BackendConfig {
             "command" => typed::<command::Config>(table)
                 .and_then(|c| c.validate().map(|()| c))
                 .map(BackendConfig::Command),
+            "vault" => typed::<vault::Config>(table)
+                .and_then(|c| c.validate().map(|()| c))
+                .map(|c| BackendConfig::Vault(Box::new(c))),
             other => Err(format!(
                 "unknown kind `{other}`{}; the kinds are: {}",
                 did_you_mean(other, KINDS.iter().copied()),
@@ -75,12 +80,19 @@ impl BackendConfig {
             BackendConfig::Dotenv(_) => "dotenv",
             BackendConfig::File(_) => "file",
             BackendConfig::Command(_) => "command",
+            BackendConfig::Vault(_) => "vault",
         }
     }
 
-    /// Whether entries of this backend may pin a `version`.
-    pub fn supports_versions(&self) -> bool {
-        false
+    /// Refuses a `version` this backend cannot pin; `Ok` when it can.
+    pub fn check_version(&self, version: &str) -> Result<(), String> {
+        match self {
+            BackendConfig::Vault(c) => c.check_version(version),
+            _ => Err(format!(
+                "kind {} has no versions; remove `version`",
+                self.kind()
+            )),
+        }
     }
 
     /// Refuses, before anything is read, a path that this backend can never serve.
@@ -110,14 +122,30 @@ pub struct Request {
 #[derive(Debug)]
 pub struct Fetched {
     pub value: SecretString,
+    /// The value is a JSON object of named fields (a Vault secret): without `key`, its only
+    /// field or its field `value` is used.
+    pub fields: bool,
     pub version: Option<String>,
+    /// When this version was written, as the backend reports it.
+    pub created: Option<String>,
 }
 
 impl Fetched {
     pub fn new(value: SecretString) -> Self {
         Fetched {
             value,
+            fields: false,
             version: None,
+            created: None,
+        }
+    }
+
+    pub fn fields(value: SecretString, version: Option<String>, created: Option<String>) -> Self {
+        Fetched {
+            value,
+            fields: true,
+            version,
+            created,
         }
     }
 }
@@ -131,6 +159,7 @@ pub enum Backend {
     Dotenv(dotenv::DotenvBackend),
     File(file::FileBackend),
     Command(command::CommandBackend),
+    Vault(Box<vault::VaultBackend>),
 }
 
 impl Backend {
@@ -140,6 +169,7 @@ impl Backend {
             BackendConfig::Dotenv(c) => Backend::Dotenv(dotenv::DotenvBackend::new(c, ctx)),
             BackendConfig::File(c) => Backend::File(file::FileBackend::new(c, ctx)?),
             BackendConfig::Command(c) => Backend::Command(command::CommandBackend::new(c)),
+            BackendConfig::Vault(c) => Backend::Vault(Box::new(vault::VaultBackend::new(c, ctx)?)),
         })
     }
 
@@ -149,6 +179,7 @@ impl Backend {
             Backend::Dotenv(_) => "dotenv",
             Backend::File(_) => "file",
             Backend::Command(_) => "command",
+            Backend::Vault(_) => "vault",
         }
     }
 
@@ -163,6 +194,7 @@ impl Backend {
             ),
             Backend::File(b) => b.dir().join(path).display().to_string(),
             Backend::Command(b) => format!("`{}`", b.program()),
+            Backend::Vault(b) => b.locate(path),
         }
     }
 
@@ -170,7 +202,7 @@ impl Backend {
     pub fn is_local(&self) -> bool {
         match self {
             Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => true,
-            Backend::Command(_) => false,
+            Backend::Command(_) | Backend::Vault(_) => false,
         }
     }
 
@@ -180,7 +212,7 @@ impl Backend {
     pub fn may_block(&self) -> bool {
         match self {
             Backend::Dotenv(b) => b.may_block(),
-            Backend::Env(_) | Backend::File(_) | Backend::Command(_) => false,
+            Backend::Env(_) | Backend::File(_) | Backend::Command(_) | Backend::Vault(_) => false,
         }
     }
 
@@ -191,7 +223,7 @@ impl Backend {
             Backend::Env(b) => Some(Ok(b.fetch(requests))),
             Backend::Dotenv(b) => Some(b.fetch(requests)),
             Backend::File(b) => Some(Ok(b.fetch(requests))),
-            Backend::Command(_) => None,
+            Backend::Command(_) | Backend::Vault(_) => None,
         }
     }
 
@@ -203,6 +235,7 @@ impl Backend {
     ) -> Option<FetchResult> {
         match self {
             Backend::Command(b) => Some(Ok(b.fetch(requests, deadline).await)),
+            Backend::Vault(b) => Some(b.fetch(requests, deadline).await),
             Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => None,
         }
     }
@@ -210,6 +243,17 @@ impl Backend {
     /// Variables holding the credentials this backend used: the child does not inherit them
     /// unless the manifest asks for them. None of the local backends use credentials.
     pub fn consumed_env(&self) -> Vec<String> {
-        Vec::new()
+        match self {
+            Backend::Vault(b) => b.consumed_env(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Keeps credentials valid while a supervised child runs (renews Vault login tokens).
+    /// Returns at once for backends with nothing to keep.
+    pub async fn keep_alive(&self) {
+        if let Backend::Vault(b) = self {
+            b.keep_alive().await;
+        }
     }
 }

@@ -136,15 +136,13 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             _ => continue,
         };
         let (config, prefix, decl_at) = known[backend.as_str()];
-        if entry.version.is_some() && !config.supports_versions() {
-            problems.push(src.problem_at(
-                at,
-                format!(
-                    "secret `{}`: backend `{backend}` (kind {}) has no versions; remove `version`",
-                    entry.name,
-                    config.kind()
-                ),
-            ));
+        if let Some(version) = &entry.version {
+            if let Err(msg) = config.check_version(version) {
+                problems.push(src.problem_at(
+                    at,
+                    format!("secret `{}`: backend `{backend}`: {msg}", entry.name),
+                ));
+            }
         }
         let prefix = match prefix.map(|p| expand_prefix(p, opts.env_name.as_deref())) {
             None => String::new(),

@@ -1,18 +1,6 @@
 //! The env, dotenv, file and command backends, through the real binary and a real child.
 
-use crate::support::{Project, read_env_dump, script};
-
-/// Runs `env -0 > env.out` under secret-run and returns the child's environment.
-fn child_env(
-    p: &Project,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> std::collections::BTreeMap<String, String> {
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--", "sh", "-c", "env -0 > env.out"]);
-    p.run_env(&full, env).code(0);
-    read_env_dump(&p.path("env.out"))
-}
+use crate::support::{Project, child_env, script};
 
 #[test]
 fn dotenv_values_keys_pointers_defaults_and_optional() {

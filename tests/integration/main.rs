@@ -9,4 +9,6 @@ mod launch;
 mod local_backends;
 mod manifest_errors;
 mod no_leak;
+mod openbao;
 mod support;
+mod vault;

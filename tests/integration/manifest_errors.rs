@@ -85,7 +85,7 @@ fn version_on_a_backend_without_versions() {
     let p = Project::with_manifest("[secrets]\nA = { path = \"a\", version = 3 }\n");
     p.run(&["--", "true"])
         .code(78)
-        .stderr_has("secrets.toml:2:1: secret `A`: backend `dotenv` (kind dotenv) has no versions");
+        .stderr_has("secrets.toml:2:1: secret `A`: backend `dotenv`: kind dotenv has no versions; remove `version`");
 }
 
 #[test]

@@ -13,6 +13,12 @@ pub const CANARIES: &[&str] = &[
     "CANARY-cmd-5c77e1",
     "CANARY-json-e0c4d2",
     "CANARY-default-3b9f11",
+    "CANARY-vault-pw-41c9",
+    "CANARY-vault-api-8e02",
+    "CANARY-vault-one-77ad",
+    "CANARY-token-5d1f0e",
+    "CANARY-secretid-a9b3",
+    "CANARY-roleread-c3d4",
 ];
 
 pub struct Project {
@@ -160,6 +166,18 @@ pub fn script(p: &Project, rel: &str, body: &str) -> PathBuf {
 pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Runs `env -0 > env.out` under secret-run and returns the child's environment.
+pub fn child_env(
+    p: &Project,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, String> {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--", "sh", "-c", "env -0 > env.out"]);
+    p.run_env(&full, env).code(0);
+    read_env_dump(&p.path("env.out"))
 }
 
 /// Reads the environment a child wrote with `env -0 > FILE`, as a map.

@@ -1,0 +1,280 @@
+//! HTTP to Vault/OpenBao: one client whose connections are kept alive across requests, a timeout
+//! on every request, and retries with exponential back-off and full jitter on what may pass by
+//! itself (connection errors, timeouts, 5xx, 429), never on another 4xx, never past the deadline.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+use crate::secret::SecretError;
+
+/// First back-off step; each retry doubles it, up to `BACKOFF_CAP`.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub struct Http {
+    client: reqwest::Client,
+    address: Url,
+    namespace: Option<String>,
+    request_timeout: Duration,
+    max_retries: u32,
+}
+
+/// A reply as received. The body may hold secrets: it is zeroized when dropped.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+impl Reply {
+    /// The `errors` array Vault puts in a failed reply, joined; empty when there is none.
+    pub fn errors(&self) -> String {
+        #[derive(serde::Deserialize)]
+        struct Errors {
+            #[serde(default)]
+            errors: Vec<String>,
+        }
+        serde_json::from_slice::<Errors>(&self.body)
+            .map(|e| e.errors.join("; "))
+            .unwrap_or_default()
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        #[derive(serde::Deserialize)]
+        struct Warnings {
+            #[serde(default)]
+            warnings: Option<Vec<String>>,
+        }
+        serde_json::from_slice::<Warnings>(&self.body)
+            .ok()
+            .and_then(|w| w.warnings)
+            .unwrap_or_default()
+    }
+
+    /// What the server said, for an error message: its `errors`, or the bare status.
+    pub fn said(&self) -> String {
+        let errors = self.errors();
+        if errors.is_empty() {
+            format!("HTTP {}", self.status)
+        } else {
+            format!("HTTP {}: {errors}", self.status)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    pub address: Url,
+    pub namespace: Option<String>,
+    pub ca_certs: Vec<reqwest::Certificate>,
+    pub skip_verify: bool,
+    pub request_timeout: Duration,
+    pub max_retries: u32,
+    pub max_connections: usize,
+}
+
+impl Http {
+    pub fn new(s: Settings) -> Result<Http, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(s.request_timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(s.max_connections)
+            .pool_idle_timeout(Duration::from_secs(60))
+            // A token must never follow a redirect to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("secret-run/", env!("CARGO_PKG_VERSION")));
+        if !s.ca_certs.is_empty() {
+            // As the vault CLI does: a configured CA replaces the system's roots.
+            builder = builder.tls_certs_only(s.ca_certs);
+        }
+        if s.skip_verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {}", chain(&e)))?;
+        Ok(Http {
+            client,
+            address: s.address,
+            namespace: s.namespace,
+            request_timeout: s.request_timeout,
+            max_retries: s.max_retries,
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        self.address.as_str().trim_end_matches('/')
+    }
+
+    /// `/v1/` followed by `segments` (each percent-encoded) and an optional query.
+    pub fn url(&self, segments: &[&str], query: Option<(&str, &str)>) -> Url {
+        let mut url = self.address.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("v1");
+            for s in segments {
+                path.extend(s.split('/').filter(|p| !p.is_empty()));
+            }
+        }
+        if let Some((k, v)) = query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+        url
+    }
+
+    /// Sends one request, retrying what may pass by itself. `Ok` carries any reply the retries
+    /// ended on, a 5xx included, for the caller to explain; `Err` means no reply at all.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        token: Option<&SecretString>,
+        body: Option<&Zeroizing<String>>,
+        deadline: Instant,
+    ) -> Result<Reply, SecretError> {
+        let headers = self.headers(token)?;
+        let mut attempt: u32 = 0;
+        loop {
+            let now = Instant::now();
+            let limit = deadline.min(now + self.request_timeout);
+            let mut request = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(body) = body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.as_bytes().to_vec());
+            }
+            let sent = async {
+                let response = request.send().await?;
+                let status = response.status();
+                let body = response.bytes().await?;
+                Ok::<_, reqwest::Error>(Reply {
+                    status,
+                    body: Zeroizing::new(body.to_vec()),
+                })
+            };
+            let failure = match tokio::time::timeout_at(limit, sent).await {
+                Ok(Ok(reply)) if !retryable(reply.status) => return Ok(reply),
+                Ok(Ok(reply)) => Failure::Reply(reply),
+                Ok(Err(e)) => {
+                    Failure::Error(format!("cannot reach {} ({})", self.address(), chain(&e)))
+                }
+                Err(_) if limit == deadline => {
+                    return Err(SecretError::unavailable(format!(
+                        "{} did not answer before the resolve deadline (--timeout)",
+                        self.address()
+                    )));
+                }
+                Err(_) => Failure::Error(format!(
+                    "{} did not answer within {} (per-request timeout)",
+                    self.address(),
+                    humantime::format_duration(self.request_timeout)
+                )),
+            };
+            attempt += 1;
+            let pause = backoff(attempt);
+            if attempt > self.max_retries || Instant::now() + pause >= deadline {
+                return match failure {
+                    Failure::Reply(reply) => Ok(reply),
+                    Failure::Error(msg) => Err(SecretError::unavailable(format!(
+                        "{msg}; gave up after {attempt} attempt{}",
+                        if attempt == 1 { "" } else { "s" }
+                    ))),
+                };
+            }
+            tracing::debug!(
+                url = %url,
+                attempt,
+                pause_ms = pause.as_millis() as u64,
+                reason = %match &failure { Failure::Reply(r) => r.said(), Failure::Error(m) => m.clone() },
+                "retrying"
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn headers(&self, token: Option<&SecretString>) -> Result<HeaderMap, SecretError> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+                SecretError::denied("the Vault token contains characters an HTTP header cannot carry; check where it comes from")
+            })?;
+            // Sensitive headers are left out of reqwest's and hyper's debug output.
+            value.set_sensitive(true);
+            headers.insert("X-Vault-Token", value);
+        }
+        if let Some(ns) = &self.namespace {
+            let value = HeaderValue::from_str(ns).map_err(|_| {
+                SecretError::invalid(format!("namespace `{ns}` cannot be sent in an HTTP header"))
+            })?;
+            headers.insert("X-Vault-Namespace", value);
+        }
+        Ok(headers)
+    }
+}
+
+enum Failure {
+    Reply(Reply),
+    Error(String),
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
+}
+
+/// Full jitter: a random pause up to the exponential step, so that many clients spread out.
+fn backoff(attempt: u32) -> Duration {
+    let step = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    step.mul_f64(fastrand::f64())
+}
+
+/// An error and its causes on one line ("tcp connect error: Connection refused (os error 111)"),
+/// without the outermost "error sending request for url", which says nothing new.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.contains(&text) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 1..40 {
+            let b = backoff(attempt);
+            assert!(b <= BACKOFF_CAP, "{attempt}: {b:?}");
+        }
+        assert!(backoff(1) <= BACKOFF_BASE);
+    }
+
+    #[test]
+    fn what_is_retried() {
+        assert!(retryable(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(retryable(StatusCode::TOO_MANY_REQUESTS));
+        assert!(retryable(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(!retryable(StatusCode::FORBIDDEN));
+        assert!(!retryable(StatusCode::NOT_FOUND));
+        assert!(!retryable(StatusCode::BAD_REQUEST));
+    }
+}

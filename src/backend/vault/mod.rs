@@ -1,0 +1,557 @@
+//! The `vault` backend: KV secrets from HashiCorp Vault or OpenBao (the same HTTP API).
+//!
+//! ```toml
+//! [backends.vault]
+//! kind = "vault"
+//! address = "https://vault.example.com:8200"   # else $VAULT_ADDR, else $BAO_ADDR
+//! mount = "secret"                             # the KV mount (default "secret")
+//! kv_version = 2          # 1 or 2; when omitted, read from the mount (as the vault CLI does)
+//! namespace = "trading"   # else $VAULT_NAMESPACE / $BAO_NAMESPACE; sent as X-Vault-Namespace
+//! prefix = "payments/{env}/"
+//! ca_cert = "/etc/ssl/vault-ca.pem"   # else $VAULT_CACERT / $VAULT_CAPATH; replaces the system roots
+//! auth = { method = "approle", role_id = "…", secret_id_file = "/run/secrets/approle-secret-id" }
+//! request_timeout = "10s" # per request, retries included in the resolve deadline
+//! max_retries = 4         # on connection errors, 5xx and 429, with jittered exponential back-off
+//! max_parallel = 16       # requests in flight at once
+//! ```
+//!
+//! A secret is an object of fields. `key` picks a field, or follows a JSON pointer (`/db/password`)
+//! into it, also into a field that holds JSON text. Without `key` the secret must have one field
+//! or a field named `value`. `version = N` pins a KV v2 version. TLS verification is always on,
+//! unless `VAULT_SKIP_VERIFY` is set to true, which is warned about on every run.
+
+pub mod auth;
+pub mod http;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Method, Url};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use self::auth::{Auth, AuthConfig};
+use self::http::{Http, Reply, Settings};
+use super::{Context, FetchResult, Fetched, Request};
+use crate::secret::SecretError;
+
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RETRIES: u32 = 4;
+const DEFAULT_PARALLEL: usize = 16;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub address: Option<String>,
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    pub kv_version: Option<u8>,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub ca_path: Option<PathBuf>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    pub request_timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+    pub max_parallel: Option<usize>,
+}
+
+fn default_mount() -> String {
+    "secret".into()
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(v) = self.kv_version {
+            if v != 1 && v != 2 {
+                return Err(format!("`kv_version = {v}`: KV versions are 1 and 2"));
+            }
+        }
+        if self.mount.trim_matches('/').is_empty() {
+            return Err("`mount` cannot be empty: name the KV mount, e.g. \"secret\"".into());
+        }
+        if self.max_parallel == Some(0) {
+            return Err("`max_parallel` must be at least 1".into());
+        }
+        self.auth.validate()
+    }
+
+    pub fn check_version(&self, version: &str) -> Result<(), String> {
+        if self.kv_version == Some(1) {
+            return Err("KV version 1 keeps no versions; remove `version`".into());
+        }
+        match version.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(format!(
+                "`version = \"{version}\"`: a KV v2 version is a positive number"
+            )),
+        }
+    }
+}
+
+/// Reads an environment variable that configures the client, when set and not empty.
+fn env_setting(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+}
+
+#[derive(Debug)]
+pub struct VaultBackend {
+    http: Http,
+    mount: String,
+    kv_version: Option<u8>,
+    detected: OnceCell<u8>,
+    auth: Auth,
+    max_parallel: usize,
+}
+
+impl VaultBackend {
+    pub fn new(config: &Config, ctx: &Context) -> Result<Self, String> {
+        let address = config
+            .address
+            .clone()
+            .or_else(|| env_setting(&["VAULT_ADDR", "BAO_ADDR"]))
+            .ok_or(
+                "needs an address: set `address`, or VAULT_ADDR (or BAO_ADDR) in the environment",
+            )?;
+        let mut url = Url::parse(address.trim()).map_err(|e| {
+            format!(
+                "address `{address}` is not a URL ({e}); write e.g. https://vault.example.com:8200"
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(format!(
+                "address `{address}` must be an http:// or https:// URL with a host"
+            ));
+        }
+        url.set_query(None);
+        let namespace = config
+            .namespace
+            .clone()
+            .or_else(|| env_setting(&["VAULT_NAMESPACE", "BAO_NAMESPACE"]))
+            .map(|n| n.trim_matches('/').to_owned())
+            .filter(|n| !n.is_empty());
+        let skip_verify = match env_setting(&["VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY"]) {
+            None => false,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "t" => true,
+                "0" | "false" | "no" | "f" => false,
+                other => {
+                    return Err(format!(
+                        "VAULT_SKIP_VERIFY is `{other}`; set it to true or false"
+                    ));
+                }
+            },
+        };
+        if skip_verify && url.scheme() == "https" {
+            tracing::warn!(
+                address = %url,
+                "VAULT_SKIP_VERIFY is set: the Vault server's TLS certificate is NOT verified; anyone on the path can read the secrets"
+            );
+        }
+        let ca_certs = load_cas(config, ctx)?;
+        let request_timeout = config.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let max_parallel = config.max_parallel.unwrap_or(DEFAULT_PARALLEL);
+        let http = Http::new(Settings {
+            address: url,
+            namespace,
+            ca_certs,
+            skip_verify,
+            request_timeout,
+            max_retries: config.max_retries.unwrap_or(DEFAULT_RETRIES),
+            max_connections: max_parallel,
+        })?;
+        Ok(VaultBackend {
+            http,
+            mount: config.mount.trim_matches('/').to_owned(),
+            kv_version: config.kv_version,
+            detected: OnceCell::new(),
+            auth: Auth::new(config.auth.clone(), &ctx.base_dir),
+            max_parallel,
+        })
+    }
+
+    pub fn locate(&self, path: &str) -> String {
+        format!(
+            "{}/{} at {}",
+            self.mount,
+            path.trim_matches('/'),
+            self.http.address()
+        )
+    }
+
+    pub async fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
+        let token = self.auth.token(&self.http, deadline).await?;
+        let version = match self.kv_version {
+            Some(v) => v,
+            None => self.detect_version(&token, deadline).await?,
+        };
+        let reads: Vec<_> = requests
+            .iter()
+            .map(|r| self.read(r, version, &token, deadline))
+            .collect();
+        let results: Vec<Result<Fetched, SecretError>> = futures_util::stream::iter(reads)
+            .buffered(self.max_parallel)
+            .collect()
+            .await;
+        // The same outage on every path is one backend failure, not one error per variable.
+        if let Some(Err(first)) = results.first() {
+            if first.kind == crate::secret::ErrorKind::Unavailable
+                && results
+                    .iter()
+                    .all(|r| r.as_ref().is_err_and(|e| e.kind == first.kind))
+            {
+                return Err(first.clone());
+            }
+        }
+        Ok(results)
+    }
+
+    /// The Vault credentials in the environment, and those the auth method read from it.
+    pub fn consumed_env(&self) -> Vec<String> {
+        let mut vars: Vec<String> = CREDENTIAL_VARS.iter().map(|v| (*v).to_owned()).collect();
+        vars.extend(self.auth.consumed_env());
+        vars
+    }
+
+    /// Keeps a login token valid while a supervised child runs.
+    pub async fn keep_alive(&self) {
+        self.auth.keep_alive(&self.http).await;
+    }
+
+    /// The mount's KV version, as `vault kv get` finds it: `sys/internal/ui/mounts/MOUNT`,
+    /// which any token with a capability under the mount may read.
+    async fn detect_version(
+        &self,
+        token: &SecretString,
+        deadline: Instant,
+    ) -> Result<u8, SecretError> {
+        // Only an answer is kept: after a failure the next resolve asks again.
+        self.detected
+            .get_or_try_init(|| async {
+                let url = self
+                    .http
+                    .url(&["sys", "internal", "ui", "mounts", &self.mount], None);
+                let reply = self
+                    .http
+                    .call(Method::GET, url, Some(token), None, deadline)
+                    .await?;
+                self.parse_mount(&reply)
+            })
+            .await
+            .copied()
+    }
+
+    fn parse_mount(&self, reply: &Reply) -> Result<u8, SecretError> {
+        #[derive(Deserialize)]
+        struct Body {
+            data: Option<Mount>,
+        }
+        #[derive(Deserialize)]
+        struct Mount {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            options: Option<Options>,
+        }
+        #[derive(Deserialize)]
+        struct Options {
+            version: Option<String>,
+        }
+        let mount = &self.mount;
+        match reply.status.as_u16() {
+            200 => {
+                let body: Body = serde_json::from_slice(&reply.body).map_err(|e| {
+                    SecretError::unavailable(format!(
+                        "unexpected reply describing mount `{mount}/` ({e})"
+                    ))
+                })?;
+                let m = body.data.ok_or_else(|| {
+                    SecretError::unavailable(format!("no description of mount `{mount}/`"))
+                })?;
+                let kind = m.kind.unwrap_or_default();
+                if kind != "kv" && kind != "generic" {
+                    return Err(SecretError::not_found(format!(
+                        "mount `{mount}/` is a `{kind}` secrets engine, not KV; set `mount` to a KV mount"
+                    )));
+                }
+                let version = m.options.and_then(|o| o.version).unwrap_or_default();
+                let v = if version == "2" { 2 } else { 1 };
+                tracing::debug!(mount = %mount, kv_version = v, "detected the KV version");
+                Ok(v)
+            }
+            // Without any capability under the mount, Vault will not describe it: assume the
+            // modern default and let the read itself report the denial.
+            403 => {
+                tracing::debug!(mount = %mount, "cannot read the mount's description; assuming KV v2 (set kv_version to be sure)");
+                Ok(2)
+            }
+            400 | 404 => Err(SecretError::not_found(format!(
+                "no secrets engine is mounted at `{mount}/` ({}); check `mount`",
+                reply.said()
+            ))),
+            _ => Err(unavailable(
+                reply,
+                &format!("describing mount `{mount}/`"),
+                self.http.address(),
+            )),
+        }
+    }
+
+    async fn read(
+        &self,
+        request: &Request,
+        version: u8,
+        token: &SecretString,
+        deadline: Instant,
+    ) -> Result<Fetched, SecretError> {
+        let path = request.path.trim_matches('/');
+        let api_path = if version == 2 {
+            format!("{}/data/{path}", self.mount)
+        } else {
+            format!("{}/{path}", self.mount)
+        };
+        let query = request.version.as_deref().map(|v| ("version", v));
+        if version == 1 && request.version.is_some() {
+            return Err(SecretError::invalid(format!(
+                "mount `{}/` is KV version 1, which keeps no versions; remove `version`",
+                self.mount
+            )));
+        }
+        let url = self.http.url(&[&api_path], query);
+        let reply = self
+            .http
+            .call(Method::GET, url, Some(token), None, deadline)
+            .await?;
+        match reply.status.as_u16() {
+            200 => self.parse_secret(&reply, version, path, &api_path),
+            403 => Err(SecretError::denied(format!(
+                "permission denied reading `{api_path}` ({}); the token's policy needs `read` on path \"{api_path}\"",
+                reply.said()
+            ))),
+            404 => Err(self
+                .not_found(&reply, version, path, &api_path, token, deadline)
+                .await),
+            _ => Err(unavailable(
+                &reply,
+                &format!("reading `{api_path}`"),
+                self.http.address(),
+            )),
+        }
+    }
+
+    fn parse_secret(
+        &self,
+        reply: &Reply,
+        version: u8,
+        path: &str,
+        api_path: &str,
+    ) -> Result<Fetched, SecretError> {
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct V2<'a> {
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+            metadata: Option<Metadata>,
+        }
+        let malformed = |e: serde_json::Error| {
+            SecretError::unavailable(format!("unexpected reply reading `{api_path}` ({e})"))
+        };
+        // Borrowed straight from the (zeroized) body: the fields' JSON is copied once, into
+        // the SecretString, and nowhere else.
+        let body: Body = serde_json::from_slice(&reply.body).map_err(malformed)?;
+        let data = body.data.filter(|d| d.get() != "null");
+        let Some(data) = data else {
+            return Err(SecretError::not_found(format!(
+                "`{api_path}` holds no data"
+            )));
+        };
+        if version == 1 {
+            return Ok(Fetched::fields(SecretString::from(data.get()), None, None));
+        }
+        let v2: V2 = serde_json::from_str(data.get()).map_err(malformed)?;
+        let meta = v2.metadata.unwrap_or_default();
+        match v2.data.filter(|d| d.get() != "null") {
+            Some(fields) => Ok(Fetched::fields(
+                SecretString::from(fields.get()),
+                meta.version.map(|v| v.to_string()),
+                meta.created_time.as_deref().and_then(to_seconds),
+            )),
+            None => Err(SecretError::not_found(format!(
+                "`{}/{path}` version {} {}",
+                self.mount,
+                meta.version.unwrap_or(0),
+                meta.gone()
+            ))),
+        }
+    }
+
+    /// A 404 explained: a deleted version, or a mount read with the wrong KV version.
+    async fn not_found(
+        &self,
+        reply: &Reply,
+        version: u8,
+        path: &str,
+        api_path: &str,
+        token: &SecretString,
+        deadline: Instant,
+    ) -> SecretError {
+        let mut msg = format!(
+            "no secret at `{path}` in KV v{version} mount `{}/` (read `{api_path}`)",
+            self.mount
+        );
+        // KV v2 answers a deleted or destroyed version with 404 and its metadata.
+        #[derive(Deserialize)]
+        struct Body {
+            data: Option<V2Meta>,
+        }
+        #[derive(Deserialize)]
+        struct V2Meta {
+            metadata: Option<Metadata>,
+        }
+        if let Ok(Body {
+            data: Some(V2Meta { metadata: Some(m) }),
+        }) = serde_json::from_slice::<Body>(&reply.body)
+        {
+            if m.version.is_some()
+                && (m.destroyed || !m.deletion_time.as_deref().unwrap_or("").is_empty())
+            {
+                return SecretError::not_found(format!(
+                    "`{}/{path}` version {} {}",
+                    self.mount,
+                    m.version.unwrap_or(0),
+                    m.gone()
+                ));
+            }
+        }
+        if reply.warnings().iter().any(|w| w.contains("versioned K/V")) {
+            msg.push_str(&format!(
+                "; mount `{}/` is KV version 2: set `kv_version = 2` or remove `kv_version`",
+                self.mount
+            ));
+        } else if self.kv_version.is_some() {
+            // Configured, not detected: see whether the mount disagrees.
+            let url = self
+                .http
+                .url(&["sys", "internal", "ui", "mounts", &self.mount], None);
+            if let Ok(r) = self
+                .http
+                .call(Method::GET, url, Some(token), None, deadline)
+                .await
+            {
+                if let Ok(actual) = self.parse_mount(&r) {
+                    if actual != version {
+                        msg.push_str(&format!(
+                            "; mount `{}/` is KV version {actual}: set `kv_version = {actual}` or remove `kv_version`",
+                            self.mount
+                        ));
+                    }
+                }
+            }
+        }
+        SecretError::not_found(msg)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Metadata {
+    version: Option<u64>,
+    created_time: Option<String>,
+    deletion_time: Option<String>,
+    #[serde(default)]
+    destroyed: bool,
+}
+
+impl Metadata {
+    fn gone(&self) -> String {
+        if self.destroyed {
+            "was destroyed".to_owned()
+        } else {
+            format!(
+                "was deleted at {}; undelete it or pin another `version`",
+                self.deletion_time.as_deref().unwrap_or("?")
+            )
+        }
+    }
+}
+
+/// `2026-11-26T04:31:18.210226672Z` → `2026-11-26T04:31:18Z`: the nanoseconds say nothing to a reader.
+fn to_seconds(time: &str) -> Option<String> {
+    if time.is_empty() {
+        return None;
+    }
+    Some(match time.split_once('.') {
+        Some((whole, rest)) if rest.ends_with('Z') => format!("{whole}Z"),
+        _ => time.to_owned(),
+    })
+}
+
+/// A reply that means the server cannot serve now: sealed, standby, overloaded, failing.
+fn unavailable(reply: &Reply, doing: &str, address: &str) -> SecretError {
+    let said = reply.said();
+    let hint = match reply.status.as_u16() {
+        503 if said.contains("sealed") => "; the server is sealed: unseal it",
+        503 => "; the server is sealed, in standby without forwarding, or overloaded",
+        429 => "; the server is rate-limiting; raise `--timeout` or lower `max_parallel`",
+        _ => "",
+    };
+    SecretError::unavailable(format!("{address} failed {doing} ({said}){hint}"))
+}
+
+/// The CA certificates to trust instead of the system's: `ca_cert` / `ca_path`, else
+/// `$VAULT_CACERT` / `$VAULT_CAPATH` (and the BAO_ forms).
+fn load_cas(config: &Config, ctx: &Context) -> Result<Vec<reqwest::Certificate>, String> {
+    let file = config
+        .ca_cert
+        .as_ref()
+        .map(|p| ctx.base_dir.join(p))
+        .or_else(|| env_setting(&["VAULT_CACERT", "BAO_CACERT"]).map(PathBuf::from));
+    let dir = config
+        .ca_path
+        .as_ref()
+        .map(|p| ctx.base_dir.join(p))
+        .or_else(|| env_setting(&["VAULT_CAPATH", "BAO_CAPATH"]).map(PathBuf::from));
+    let mut files = Vec::new();
+    if let Some(f) = file {
+        files.push(f);
+    }
+    if let Some(d) = dir {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| format!("cannot read the CA directory {}: {e}", d.display()))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    let mut certs = Vec::new();
+    for f in files {
+        let pem = std::fs::read(&f)
+            .map_err(|e| format!("cannot read the CA certificate {}: {e}", f.display()))?;
+        let mut parsed = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "{} holds no usable PEM certificate ({})",
+                f.display(),
+                http::chain(&e)
+            )
+        })?;
+        if parsed.is_empty() {
+            return Err(format!("{} holds no PEM certificate", f.display()));
+        }
+        certs.append(&mut parsed);
+    }
+    Ok(certs)
+}
+
+/// Every variable naming a Vault credential: the child does not inherit them.
+pub const CREDENTIAL_VARS: &[&str] = &["VAULT_TOKEN", "BAO_TOKEN"];

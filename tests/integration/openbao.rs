@@ -1,0 +1,208 @@
+//! A real OpenBao dev server for the tests: one shared by the whole run (tests make their own
+//! paths, mounts and policies in it), and private ones for tests that seal or kill theirs.
+//!
+//! Each server runs under a small shell that kills it when its stdin closes, so a server never
+//! outlives the test process, even when that process is killed.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const ROOT_TOKEN: &str = "root";
+
+pub struct Bao {
+    pub addr: String,
+    pub port: u16,
+    pub home: tempfile::TempDir,
+    keeper: Child,
+    stdin: Option<ChildStdin>,
+}
+
+pub fn bao_bin() -> PathBuf {
+    let bin = std::env::var_os("SECRET_RUN_TEST_BAO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/bao"));
+    assert!(
+        bin.exists(),
+        "OpenBao is not installed at {}: run scripts/install-test-servers (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The server shared by every test of this run.
+pub fn shared() -> &'static Bao {
+    static SHARED: OnceLock<Bao> = OnceLock::new();
+    SHARED.get_or_init(|| Bao::start(&[]))
+}
+
+/// A loopback port that is free, with the next one free too (the dev server's cluster port).
+fn free_port_pair() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if port < 65000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Bao {
+    /// Starts a dev server (root token `root`), with extra arguments, and waits until it answers.
+    pub fn start(extra: &[&str]) -> Bao {
+        let bin = bao_bin();
+        for _ in 0..5 {
+            let port = free_port_pair();
+            let home = tempfile::tempdir().expect("tempdir");
+            let mut args = vec![
+                "server".to_owned(),
+                "-dev".to_owned(),
+                format!("-dev-root-token-id={ROOT_TOKEN}"),
+                format!("-dev-listen-address=127.0.0.1:{port}"),
+            ];
+            args.extend(extra.iter().map(|s| (*s).to_owned()));
+            if extra.contains(&"-dev-tls") {
+                let dir = home.path().join("tls");
+                std::fs::create_dir_all(&dir).expect("tls dir");
+                args.push(format!("-dev-tls-cert-dir={}", dir.display()));
+            }
+            let log = home.path().join("server.log");
+            let mut keeper = Command::new("sh")
+                .arg("-c")
+                .arg(r#"bin=$1; log=$2; shift 2; "$bin" "$@" </dev/null >"$log" 2>&1 & p=$!; read _ignored; kill $p; wait $p"#)
+                .arg("sh")
+                .arg(&bin)
+                .arg(&log)
+                .args(&args)
+                .env("HOME", home.path())
+                .env_remove("VAULT_ADDR")
+                .env_remove("VAULT_TOKEN")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the OpenBao dev server");
+            let stdin = keeper.stdin.take();
+            let scheme = if extra.iter().any(|a| a.starts_with("-dev-tls")) {
+                "https"
+            } else {
+                "http"
+            };
+            let mut bao = Bao {
+                addr: format!("{scheme}://127.0.0.1:{port}"),
+                port,
+                home,
+                keeper,
+                stdin,
+            };
+            if bao.wait_ready() {
+                return bao;
+            }
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("OpenBao did not start on port {port}; trying another. Its log:\n{log}");
+            bao.stop();
+        }
+        panic!("OpenBao did not start after 5 attempts");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if matches!(self.keeper.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            if self.addr.starts_with("https") {
+                // No TLS client here: the CLI checks for us once the port accepts connections.
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                    && self.bao(&["status"]).status.code() == Some(0)
+                {
+                    return true;
+                }
+            } else if http_status(self.port, "GET", "/v1/sys/health") == Some(200) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Stops the server and waits until it is gone.
+    pub fn stop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.keeper.wait();
+    }
+
+    /// The `bao` CLI against this server, as root.
+    pub fn bao(&self, args: &[&str]) -> Output {
+        self.bao_env(args, &[])
+    }
+
+    pub fn bao_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(bao_bin());
+        cmd.args(args)
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .env("HOME", self.home.path())
+            .env_remove("VAULT_NAMESPACE")
+            .stdin(Stdio::null());
+        if self.addr.starts_with("https") {
+            cmd.env("VAULT_CACERT", self.ca_cert());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run bao")
+    }
+
+    /// The CA of a `-dev-tls` server (its certificate directory is the server's HOME/tls).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.home.path().join("tls/vault-ca.pem")
+    }
+
+    /// Runs the CLI and fails the test when it fails.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_env(args, &[])
+    }
+
+    #[track_caller]
+    pub fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let out = self.bao_env(args, env);
+        assert!(
+            out.status.success(),
+            "bao {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Writes a policy from HCL.
+    #[track_caller]
+    pub fn policy(&self, name: &str, hcl: &str) {
+        let file = self.home.path().join(format!("{name}.hcl"));
+        std::fs::write(&file, hcl).expect("policy file");
+        self.ok(&["policy", "write", name, file.to_str().expect("utf-8 path")]);
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A raw HTTP/1.0 request on loopback; the status code, if any answer came.
+pub fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
