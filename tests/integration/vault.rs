@@ -170,6 +170,15 @@ fn token_from_env_file_and_helper_file_and_never_to_the_child() {
         assert_eq!(env["K"], "token-ok", "{var}");
         assert!(!env.contains_key(var), "{var} reached the child");
     }
+    // At trace level, neither the token nor a value shows in secret-run's own output.
+    manifest("")
+        .run_env(&["-vvv", "check"], &[("VAULT_TOKEN", token)])
+        .code(0)
+        .no_canary(true);
+    manifest("")
+        .run_env(&["-vvv", "--", "true"], &[("VAULT_TOKEN", token)])
+        .code(0)
+        .no_canary(true);
     // token_file, relative to the manifest.
     let p = manifest("auth = { method = \"token\", token_file = \"vault-token\" }");
     p.write("vault-token", &format!("{token}\n"));

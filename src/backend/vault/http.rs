@@ -162,9 +162,7 @@ impl Http {
             let failure = match tokio::time::timeout_at(limit, sent).await {
                 Ok(Ok(reply)) if !retryable(reply.status) => return Ok(reply),
                 Ok(Ok(reply)) => Failure::Reply(reply),
-                Ok(Err(e)) => {
-                    Failure::Error(format!("cannot reach {} ({})", self.address(), chain(&e)))
-                }
+                Ok(Err(e)) => Failure::Error(self.describe(&e)),
                 Err(_) if limit == deadline => {
                     return Err(SecretError::unavailable(format!(
                         "{} did not answer before the resolve deadline (--timeout)",
@@ -197,6 +195,20 @@ impl Http {
             );
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Why a request got no reply, in the fewest words that still say what to fix.
+    fn describe(&self, e: &reqwest::Error) -> String {
+        let causes = chain(e);
+        if causes.contains("dns error") {
+            let host = self.address.host_str().unwrap_or("?");
+            return format!(
+                "cannot reach {}: the name `{host}` does not resolve (DNS)",
+                self.address()
+            );
+        }
+        let causes = causes.trim_start_matches("client error (Connect): ");
+        format!("cannot reach {} ({causes})", self.address())
     }
 
     fn headers(&self, token: Option<&SecretString>) -> Result<HeaderMap, SecretError> {
