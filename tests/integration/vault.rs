@@ -206,7 +206,7 @@ fn token_from_env_file_and_helper_file_and_never_to_the_child() {
         &["-vvv", "--", "true"],
         &[("VAULT_TOKEN", "CANARY-token-5d1f0e-wrong")],
     );
-    run.code(77).stderr_has("permission denied");
+    run.code(77).stderr_has("the Vault token was refused");
     assert!(!run.stderr.contains("5d1f0e"), "{}", run.stderr);
     // VAULT_ADDR instead of `address`.
     let p = Project::with_manifest(
@@ -600,6 +600,7 @@ fn a_server_that_never_answers_is_cut_off() {
 
 /// A loopback fake for what a real server cannot be made to do on demand: it answers each
 /// request with the next of `replies` (status, body), then 200 with a KV v2 secret.
+/// Counts the reads of `/v1/secret/data/k`; anything else gets a 403.
 fn fake_vault(replies: Vec<(u16, &'static str)>) -> (u16, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -608,16 +609,25 @@ fn fake_vault(replies: Vec<(u16, &'static str)>) -> (u16, Arc<AtomicUsize>) {
     std::thread::spawn(move || {
         for stream in l.incoming().flatten() {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
                 line.clear();
+            }
+            let mut s = stream;
+            if !request_line.starts_with("GET /v1/secret/data/k ") {
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 403 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                continue;
             }
             let n = seen.fetch_add(1, Ordering::SeqCst);
             let (status, body) = replies.get(n).copied().unwrap_or((
                 200,
                 r#"{"data":{"data":{"value":"after-retries"},"metadata":{"version":7,"created_time":"2026-01-01T00:00:00Z"}}}"#,
             ));
-            let mut s = stream;
             let _ = write!(
                 s,
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

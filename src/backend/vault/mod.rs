@@ -200,6 +200,13 @@ impl VaultBackend {
             .buffered(self.max_parallel)
             .collect()
             .await;
+        // A refusal may be the token's fault rather than the policy's: one lookup tells which.
+        if results.iter().any(|r| {
+            r.as_ref()
+                .is_err_and(|e| e.kind == crate::secret::ErrorKind::PermissionDenied)
+        }) {
+            self.check_token(&token, deadline).await?;
+        }
         // The same outage on every path is one backend failure, not one error per variable.
         if let Some(Err(first)) = results.first() {
             if first.kind == crate::secret::ErrorKind::Unavailable
@@ -223,6 +230,32 @@ impl VaultBackend {
     /// Keeps a login token valid while a supervised child runs.
     pub async fn keep_alive(&self) {
         self.auth.keep_alive(&self.http).await;
+    }
+
+    /// `Err` when the token itself is refused (expired, revoked, from another server): every
+    /// variable then fails for that one reason, which is what the user must fix.
+    async fn check_token(
+        &self,
+        token: &SecretString,
+        deadline: Instant,
+    ) -> Result<(), SecretError> {
+        let url = self.http.url(&["auth", "token", "lookup-self"], None);
+        match self
+            .http
+            .call(Method::GET, url, Some(token), None, deadline)
+            .await
+        {
+            Ok(reply) if reply.status.as_u16() == 403 => Err(SecretError::denied(format!(
+                "the Vault token was refused ({}): it is expired, revoked, not from this server, or lacks the `default` policy (which allows auth/token/lookup-self){}",
+                reply.said(),
+                if self.auth.logs_in() {
+                    ""
+                } else {
+                    "; get a new one (`vault login` / `bao login`) or check VAULT_TOKEN"
+                }
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The mount's KV version, as `vault kv get` finds it: `sys/internal/ui/mounts/MOUNT`,
