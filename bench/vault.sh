@@ -87,10 +87,10 @@ teller="$PWD/$tools/teller/bin/teller"
 if [ -x "$teller" ]; then
     teller_config 1 > "$work/one.teller.yml"
     teller_config 100 > "$work/hundred.teller.yml"
-    tcount=$("$teller" run --config "$work/hundred.teller.yml" -- /bin/sh -c 'env | grep -c "^SECRET_"' | tail -1)
+    tcount=$("$teller" --config "$work/hundred.teller.yml" run -- /bin/sh -c 'env | grep -c "^SECRET_"' | tail -1)
     [ "$tcount" = 100 ] || { echo "teller gave the child $tcount secrets, not 100" >&2; exit 1; }
-    args+=(-n "teller v2, 1 secret" "$teller run --config $work/one.teller.yml -- $true_bin"
-           -n "teller v2, 100 secrets" "$teller run --config $work/hundred.teller.yml -- $true_bin")
+    args+=(-n "teller v2, 1 secret" "$teller --config $work/one.teller.yml run -- $true_bin"
+           -n "teller v2, 100 secrets" "$teller --config $work/hundred.teller.yml run -- $true_bin")
 fi
 hyperfine "${args[@]}" --export-json bench/results/vault.json
 

@@ -16,7 +16,7 @@ struct Row {
     path: String,
     key: Option<String>,
     version: Option<String>,
-    created: Option<String>,
+    about: Option<String>,
     optional: bool,
     status: &'static str,
     detail: Option<String>,
@@ -46,7 +46,7 @@ pub fn run(global: &Global, json: bool) -> Result<u8> {
                 path: r.path.clone(),
                 key: p.key.as_ref().map(ToString::to_string),
                 version: r.version.clone().or_else(|| p.version.clone()),
-                created: r.created.clone(),
+                about: r.about.clone(),
                 optional: p.optional,
                 status,
                 detail,
@@ -97,10 +97,10 @@ fn render_table(rows: &[Row]) -> String {
     );
     for r in rows {
         let mut status = r.status.to_owned();
-        match (&r.version, &r.created) {
-            (Some(v), Some(c)) => status.push_str(&format!(" (version {v}, created {c})")),
+        match (&r.version, &r.about) {
+            (Some(v), Some(a)) => status.push_str(&format!(" (version {v}, {a})")),
             (Some(v), None) => status.push_str(&format!(" (version {v})")),
-            (None, Some(c)) => status.push_str(&format!(" (created {c})")),
+            (None, Some(a)) => status.push_str(&format!(" ({a})")),
             (None, None) => {}
         }
         if let Some(d) = &r.detail {
@@ -131,7 +131,7 @@ fn render_json(global: &Global, rows: &[Row], code: u8) -> String {
                 "path": r.path,
                 "key": r.key,
                 "version": r.version,
-                "created": r.created,
+                "about": r.about,
                 "optional": r.optional,
                 "status": r.status,
                 "detail": r.detail,

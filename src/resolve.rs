@@ -30,8 +30,8 @@ pub struct ResolvedVar {
     pub backend: String,
     pub path: String,
     pub version: Option<String>,
-    /// When the version read was written, where the backend says.
-    pub created: Option<String>,
+    /// What else the backend says of the version read (its creation time, its stages).
+    pub about: Option<String>,
     pub outcome: Outcome,
 }
 
@@ -113,10 +113,12 @@ impl ResolveFailure {
             .chain(self.vars.iter().map(|v| v.error.kind))
     }
 
-    /// An outage explains the rest, so it wins; then a refusal; then missing or invalid values.
+    /// A backend that cannot even be configured explains the rest, then an outage, then a
+    /// refusal, then missing or invalid values.
     pub fn exit_code(&self) -> u8 {
         let kinds: Vec<ErrorKind> = self.kinds().collect();
         [
+            ErrorKind::Misconfigured,
             ErrorKind::Unavailable,
             ErrorKind::PermissionDenied,
             ErrorKind::NotFound,
@@ -395,7 +397,7 @@ fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Durati
                 backend: v.backend.clone(),
                 path: v.path.clone(),
                 version: meta.version,
-                created: meta.created,
+                about: meta.about,
                 outcome,
             }
         })
@@ -417,7 +419,7 @@ fn request_of(v: &PlannedVar) -> Request {
 #[derive(Default)]
 struct Meta {
     version: Option<String>,
-    created: Option<String>,
+    about: Option<String>,
 }
 
 /// Applies `key`, the value checks, and `optional`/`default` to one fetched value.
@@ -431,7 +433,7 @@ fn finish(v: &PlannedVar, fetched: &Result<Fetched, SecretError>) -> (Outcome, M
             };
             let meta = Meta {
                 version: f.version.clone(),
-                created: f.created.clone(),
+                about: f.about.clone(),
             };
             (value, meta)
         }

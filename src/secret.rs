@@ -101,6 +101,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The backend could not be reached, failed, or timed out.
     Unavailable,
+    /// The backend's configuration is incomplete where only run time can tell (no AWS region).
+    Misconfigured,
 }
 
 impl ErrorKind {
@@ -109,6 +111,7 @@ impl ErrorKind {
             ErrorKind::NotFound | ErrorKind::Invalid => code::SECRET_MISSING,
             ErrorKind::PermissionDenied => code::PERMISSION_DENIED,
             ErrorKind::Unavailable => code::UNAVAILABLE,
+            ErrorKind::Misconfigured => code::CONFIG,
         }
     }
 
@@ -119,6 +122,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "invalid",
             ErrorKind::PermissionDenied => "denied",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Misconfigured => "misconfigured",
         }
     }
 }
@@ -147,6 +151,9 @@ impl SecretError {
     }
     pub fn denied(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::PermissionDenied, message)
+    }
+    pub fn misconfigured(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Misconfigured, message)
     }
 
     /// Classifies an I/O error on `what` (a file, a program) without losing the OS's reason.

@@ -8,6 +8,7 @@
 //! Dispatch is an enum rather than a trait object: the set of backends is closed, and `async fn`
 //! in an enum needs no boxing.
 
+pub mod aws;
 pub mod command;
 pub mod dotenv;
 pub mod env;
@@ -24,7 +25,15 @@ use crate::error::did_you_mean;
 use crate::secret::SecretError;
 
 /// Every `kind` a `[backends.NAME]` table may have.
-pub const KINDS: &[&str] = &["env", "dotenv", "file", "command", "vault"];
+pub const KINDS: &[&str] = &[
+    "env",
+    "dotenv",
+    "file",
+    "command",
+    "vault",
+    "aws-secrets-manager",
+    "aws-ssm",
+];
 
 /// Backends that exist without being declared; a declaration of the same name replaces them.
 pub const BUILTIN: &[&str] = &["env", "dotenv"];
@@ -37,6 +46,8 @@ pub enum BackendConfig {
     File(file::Config),
     Command(command::Config),
     Vault(Box<vault::Config>),
+    SecretsManager(Box<aws::secretsmanager::Config>),
+    Ssm(Box<aws::ssm::Config>),
 }
 
 fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, String> {
@@ -58,6 +69,12 @@ impl BackendConfig {
             "vault" => typed::<vault::Config>(table)
                 .and_then(|c| c.validate().map(|()| c))
                 .map(|c| BackendConfig::Vault(Box::new(c))),
+            "aws-secrets-manager" => typed::<aws::secretsmanager::Config>(table)
+                .and_then(|c| c.common.validate().map(|()| c))
+                .map(|c| BackendConfig::SecretsManager(Box::new(c))),
+            "aws-ssm" => typed::<aws::ssm::Config>(table)
+                .and_then(|c| c.common.validate().map(|()| c))
+                .map(|c| BackendConfig::Ssm(Box::new(c))),
             other => Err(format!(
                 "unknown kind `{other}`{}; the kinds are: {}",
                 did_you_mean(other, KINDS.iter().copied()),
@@ -81,6 +98,8 @@ impl BackendConfig {
             BackendConfig::File(_) => "file",
             BackendConfig::Command(_) => "command",
             BackendConfig::Vault(_) => "vault",
+            BackendConfig::SecretsManager(_) => "aws-secrets-manager",
+            BackendConfig::Ssm(_) => "aws-ssm",
         }
     }
 
@@ -88,6 +107,12 @@ impl BackendConfig {
     pub fn check_version(&self, version: &str) -> Result<(), String> {
         match self {
             BackendConfig::Vault(c) => c.check_version(version),
+            BackendConfig::SecretsManager(_) | BackendConfig::Ssm(_)
+                if version.trim().is_empty() =>
+            {
+                Err("`version` cannot be empty".into())
+            }
+            BackendConfig::SecretsManager(_) | BackendConfig::Ssm(_) => Ok(()),
             _ => Err(format!(
                 "kind {} has no versions; remove `version`",
                 self.kind()
@@ -126,8 +151,9 @@ pub struct Fetched {
     /// field or its field `value` is used.
     pub fields: bool,
     pub version: Option<String>,
-    /// When this version was written, as the backend reports it.
-    pub created: Option<String>,
+    /// What else the backend says of this version, for `check`: when it was written, its
+    /// stages. Never anything derived from the value.
+    pub about: Option<String>,
 }
 
 impl Fetched {
@@ -136,16 +162,16 @@ impl Fetched {
             value,
             fields: false,
             version: None,
-            created: None,
+            about: None,
         }
     }
 
-    pub fn fields(value: SecretString, version: Option<String>, created: Option<String>) -> Self {
+    pub fn fields(value: SecretString, version: Option<String>, about: Option<String>) -> Self {
         Fetched {
             value,
             fields: true,
             version,
-            created,
+            about,
         }
     }
 }
@@ -160,6 +186,8 @@ pub enum Backend {
     File(file::FileBackend),
     Command(command::CommandBackend),
     Vault(Box<vault::VaultBackend>),
+    SecretsManager(Box<aws::secretsmanager::SecretsManager>),
+    Ssm(Box<aws::ssm::Ssm>),
 }
 
 impl Backend {
@@ -170,6 +198,10 @@ impl Backend {
             BackendConfig::File(c) => Backend::File(file::FileBackend::new(c, ctx)?),
             BackendConfig::Command(c) => Backend::Command(command::CommandBackend::new(c)),
             BackendConfig::Vault(c) => Backend::Vault(Box::new(vault::VaultBackend::new(c, ctx)?)),
+            BackendConfig::SecretsManager(c) => {
+                Backend::SecretsManager(Box::new(aws::secretsmanager::SecretsManager::new(c)))
+            }
+            BackendConfig::Ssm(c) => Backend::Ssm(Box::new(aws::ssm::Ssm::new(c))),
         })
     }
 
@@ -180,6 +212,8 @@ impl Backend {
             Backend::File(_) => "file",
             Backend::Command(_) => "command",
             Backend::Vault(_) => "vault",
+            Backend::SecretsManager(_) => "aws-secrets-manager",
+            Backend::Ssm(_) => "aws-ssm",
         }
     }
 
@@ -195,6 +229,8 @@ impl Backend {
             Backend::File(b) => b.dir().join(path).display().to_string(),
             Backend::Command(b) => format!("`{}`", b.program()),
             Backend::Vault(b) => b.locate(path),
+            Backend::SecretsManager(_) => format!("secret `{path}`"),
+            Backend::Ssm(_) => format!("parameter `{path}`"),
         }
     }
 
@@ -202,7 +238,10 @@ impl Backend {
     pub fn is_local(&self) -> bool {
         match self {
             Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => true,
-            Backend::Command(_) | Backend::Vault(_) => false,
+            Backend::Command(_)
+            | Backend::Vault(_)
+            | Backend::SecretsManager(_)
+            | Backend::Ssm(_) => false,
         }
     }
 
@@ -212,7 +251,12 @@ impl Backend {
     pub fn may_block(&self) -> bool {
         match self {
             Backend::Dotenv(b) => b.may_block(),
-            Backend::Env(_) | Backend::File(_) | Backend::Command(_) | Backend::Vault(_) => false,
+            Backend::Env(_)
+            | Backend::File(_)
+            | Backend::Command(_)
+            | Backend::Vault(_)
+            | Backend::SecretsManager(_)
+            | Backend::Ssm(_) => false,
         }
     }
 
@@ -223,7 +267,7 @@ impl Backend {
             Backend::Env(b) => Some(Ok(b.fetch(requests))),
             Backend::Dotenv(b) => Some(b.fetch(requests)),
             Backend::File(b) => Some(Ok(b.fetch(requests))),
-            Backend::Command(_) | Backend::Vault(_) => None,
+            _ => None,
         }
     }
 
@@ -236,6 +280,8 @@ impl Backend {
         match self {
             Backend::Command(b) => Some(Ok(b.fetch(requests, deadline).await)),
             Backend::Vault(b) => Some(b.fetch(requests, deadline).await),
+            Backend::SecretsManager(b) => Some(b.fetch(requests, deadline).await),
+            Backend::Ssm(b) => Some(b.fetch(requests, deadline).await),
             Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => None,
         }
     }

@@ -3,11 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod aws;
 mod check_init;
 mod exit_codes;
+mod kept;
 mod launch;
 mod local_backends;
 mod manifest_errors;
+mod moto;
 mod no_leak;
 mod openbao;
 mod support;

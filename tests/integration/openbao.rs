@@ -1,15 +1,15 @@
 //! A real OpenBao dev server for the tests: one shared by the whole run (tests make their own
 //! paths, mounts and policies in it), and private ones for tests that seal or kill theirs.
 //!
-//! Each server runs under a small shell that kills it when its stdin closes, so a server never
-//! outlives the test process, even when that process is killed.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use crate::kept::{Kept, free_port_pair};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,7 @@ pub struct Bao {
     pub addr: String,
     pub port: u16,
     pub home: tempfile::TempDir,
-    keeper: Child,
-    stdin: Option<ChildStdin>,
+    keeper: Kept,
 }
 
 pub fn bao_bin() -> PathBuf {
@@ -39,17 +38,6 @@ pub fn bao_bin() -> PathBuf {
 pub fn shared() -> &'static Bao {
     static SHARED: OnceLock<Bao> = OnceLock::new();
     SHARED.get_or_init(|| Bao::start(&[]))
-}
-
-/// A loopback port that is free, with the next one free too (the dev server's cluster port).
-fn free_port_pair() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        if port < 65000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
 }
 
 impl Bao {
@@ -72,22 +60,7 @@ impl Bao {
                 args.push(format!("-dev-tls-cert-dir={}", dir.display()));
             }
             let log = home.path().join("server.log");
-            let mut keeper = Command::new("sh")
-                .arg("-c")
-                .arg(r#"bin=$1; log=$2; shift 2; "$bin" "$@" </dev/null >"$log" 2>&1 & p=$!; read _ignored; kill $p; wait $p"#)
-                .arg("sh")
-                .arg(&bin)
-                .arg(&log)
-                .args(&args)
-                .env("HOME", home.path())
-                .env_remove("VAULT_ADDR")
-                .env_remove("VAULT_TOKEN")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start the OpenBao dev server");
-            let stdin = keeper.stdin.take();
+            let keeper = Kept::spawn(&bin, &args, &log, &[("HOME", home.path().as_os_str())]);
             let scheme = if extra.iter().any(|a| a.starts_with("-dev-tls")) {
                 "https"
             } else {
@@ -98,7 +71,6 @@ impl Bao {
                 port,
                 home,
                 keeper,
-                stdin,
             };
             if bao.wait_ready() {
                 return bao;
@@ -113,7 +85,7 @@ impl Bao {
     fn wait_ready(&mut self) -> bool {
         let until = Instant::now() + Duration::from_secs(20);
         while Instant::now() < until {
-            if matches!(self.keeper.try_wait(), Ok(Some(_))) {
+            if self.keeper.exited() {
                 return false;
             }
             if self.addr.starts_with("https") {
@@ -131,10 +103,8 @@ impl Bao {
         false
     }
 
-    /// Stops the server and waits until it is gone.
     pub fn stop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.keeper.wait();
+        self.keeper.stop();
     }
 
     /// The `bao` CLI against this server, as root.
@@ -188,12 +158,6 @@ impl Bao {
         let file = self.home.path().join(format!("{name}.hcl"));
         std::fs::write(&file, hcl).expect("policy file");
         self.ok(&["policy", "write", name, file.to_str().expect("utf-8 path")]);
-    }
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

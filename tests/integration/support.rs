@@ -19,6 +19,11 @@ pub const CANARIES: &[&str] = &[
     "CANARY-token-5d1f0e",
     "CANARY-secretid-a9b3",
     "CANARY-roleread-c3d4",
+    "CANARY-aws-plain-0c1d",
+    "CANARY-aws-json-3e4f",
+    "CANARY-ssm-v1-7d8e",
+    "CANARY-ssm-v2-9f0a",
+    "CANARY-session-token-b7c8",
 ];
 
 pub struct Project {

@@ -73,7 +73,7 @@ ONE = {{ backend = "vault", path = "t-kv2/one" }}
     run.stdout_has("ok (version 1, created 20");
     let run = p.run_env(&["check", "--json"], ROOT);
     run.code(0).no_canary(true);
-    run.stdout_has("\"created\": \"20");
+    run.stdout_has("\"about\": \"created 20");
 
     // Without `key`, several fields and none named `value`: the names, not the values.
     let p = Project::with_manifest(&format!(

@@ -417,7 +417,10 @@ impl VaultBackend {
             Some(fields) => Ok(Fetched::fields(
                 SecretString::from(fields.get()),
                 meta.version.map(|v| v.to_string()),
-                meta.created_time.as_deref().and_then(to_seconds),
+                meta.created_time
+                    .as_deref()
+                    .and_then(to_seconds)
+                    .map(|t| format!("created {t}")),
             )),
             None => Err(SecretError::not_found(format!(
                 "`{}/{path}` version {} {}",

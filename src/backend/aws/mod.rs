@@ -1,0 +1,267 @@
+//! What the AWS backends (`aws-secrets-manager`, `aws-ssm`) share: the SDK configuration from the
+//! standard chain (environment, profile, web identity / IRSA, ECS task role, instance metadata),
+//! timeouts and retries inside the resolve deadline, a count of API calls, and errors that say
+//! what to do instead of the SDK's chain of causes.
+//!
+//! ```toml
+//! [backends.aws]
+//! kind = "aws-secrets-manager"      # or "aws-ssm"
+//! region = "us-east-1"              # else the standard chain (AWS_REGION, the profile)
+//! prefix = "/payments/{env}/"
+//! # endpoint_url = "https://vpce-….secretsmanager.us-east-1.vpce.amazonaws.com"   # else AWS_ENDPOINT_URL
+//! # profile = "trading-prod"        # else AWS_PROFILE
+//! # request_timeout = "10s"         # per attempt
+//! # max_attempts = 4                # attempts per call, throttling included
+//! # retry_mode = "standard"         # or "adaptive" (client-side rate limiting)
+//! ```
+
+pub mod secretsmanager;
+pub mod ssm;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use crate::secret::SecretError;
+
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_ATTEMPTS: u32 = 4;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryMode {
+    #[default]
+    Standard,
+    Adaptive,
+}
+
+/// The fields every AWS backend has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Common {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    pub request_timeout: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub retry_mode: RetryMode,
+}
+
+impl Common {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == Some(0) {
+            return Err("`max_attempts` must be at least 1".into());
+        }
+        if let Some(url) = &self.endpoint_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!(
+                    "`endpoint_url = \"{url}\"` must be an http:// or https:// URL"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The SDK configuration, loaded once, on first use (loading may read profile files and ask
+/// the instance metadata service, which only a real fetch should pay for).
+#[derive(Debug)]
+pub struct Sdk {
+    common: Common,
+    config: OnceCell<SdkConfig>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Sdk {
+    pub fn new(common: Common) -> Sdk {
+        Sdk {
+            common,
+            config: OnceCell::new(),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub async fn config(&self) -> Result<&SdkConfig, SecretError> {
+        self.config
+            .get_or_try_init(|| async {
+                let c = &self.common;
+                let retry = match c.retry_mode {
+                    RetryMode::Standard => RetryConfig::standard(),
+                    RetryMode::Adaptive => RetryConfig::adaptive(),
+                }
+                .with_max_attempts(c.max_attempts.unwrap_or(DEFAULT_ATTEMPTS));
+                let timeouts = TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(c.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT))
+                    .build();
+                let mut loader = aws_config::defaults(BehaviorVersion::latest())
+                    .retry_config(retry)
+                    .timeout_config(timeouts);
+                if let Some(region) = &c.region {
+                    loader = loader.region(aws_config::Region::new(region.clone()));
+                }
+                if let Some(profile) = &c.profile {
+                    loader = loader.profile_name(profile);
+                }
+                if let Some(url) = &c.endpoint_url {
+                    loader = loader.endpoint_url(url);
+                }
+                let config = loader.load().await;
+                if config.region().is_none() {
+                    return Err(SecretError::misconfigured(
+                        "no AWS region: set `region` in the backend's table, or AWS_REGION, or a region in the AWS profile",
+                    ));
+                }
+                Ok(config)
+            })
+            .await
+    }
+
+    pub fn region(&self) -> String {
+        self.config
+            .get()
+            .and_then(|c| c.region())
+            .map_or_else(|| "?".to_owned(), ToString::to_string)
+    }
+
+    /// Counts every attempt of every call (retries included) and logs it at debug level.
+    pub fn counter(&self) -> CallCounter {
+        CallCounter(Arc::clone(&self.calls))
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallCounter(Arc<AtomicUsize>);
+
+impl Intercept for CallCounter {
+    fn name(&self) -> &'static str {
+        "secret-run call counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map_or(("?", "?"), |m| (m.service(), m.name()));
+        tracing::debug!(service, operation, call = n, "AWS API call");
+        Ok(())
+    }
+}
+
+/// Explains an SDK error that is not specific to one secret: credentials, network, timeouts,
+/// throttling, access. `action` is the IAM action the call needs (`secretsmanager:GetSecretValue`).
+pub fn explain<E>(
+    err: &SdkError<E, HttpResponse>,
+    action: &str,
+    region: &str,
+    target: &str,
+) -> SecretError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let causes = causes(err);
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let e = ctx.err();
+            let code = e.code().unwrap_or("");
+            let message = e.message().unwrap_or("");
+            match code {
+                _ if is_denied(err) => SecretError::denied(format!(
+                    "access denied to {target} in {region}: the IAM policy needs `{action}`{} ({message})",
+                    if action.starts_with("ssm:") {
+                        " (and `kms:Decrypt` on the key of a SecureString)"
+                    } else {
+                        ""
+                    }
+                )),
+                "UnrecognizedClientException"
+                | "InvalidClientTokenId"
+                | "InvalidSignatureException"
+                | "ExpiredTokenException"
+                | "SignatureDoesNotMatch" => SecretError::denied(format!(
+                    "AWS refused the credentials ({code}: {message}); check AWS_ACCESS_KEY_ID / the profile, or refresh an expired session"
+                )),
+                "ThrottlingException" | "TooManyRequestsException" => {
+                    SecretError::unavailable(format!(
+                        "AWS throttled the calls for {target} past the retries ({message}); raise `--timeout` or use `retry_mode = \"adaptive\"`"
+                    ))
+                }
+                _ => SecretError::unavailable(format!(
+                    "AWS returned {code} for {target} in {region}: {message}"
+                )),
+            }
+        }
+        _ if causes.contains("credential") || causes.contains("identity") => SecretError::denied(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile (AWS_PROFILE or `profile`), or run where a role is provided (IRSA / web identity, ECS task role, instance profile)",
+        ),
+        SdkError::TimeoutError(_) => SecretError::unavailable(format!(
+            "AWS did not answer for {target} in {region} in time (per-attempt `request_timeout`)"
+        )),
+        SdkError::DispatchFailure(_) => SecretError::unavailable(format!(
+            "cannot reach AWS for {target} in {region} ({causes})"
+        )),
+        _ => SecretError::unavailable(format!("AWS call for {target} failed ({causes})")),
+    }
+}
+
+/// Whether the call was refused by IAM. AWS says so with an `AccessDenied…` code; moto (and
+/// some proxies) only with a bare 403 whose body the SDK cannot parse.
+pub fn is_denied<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let code = ctx.err().code().unwrap_or("");
+            code.starts_with("AccessDenied")
+                || code == "UnauthorizedOperation"
+                || (code.is_empty() && ctx.raw().status().as_u16() == 403)
+        }
+        _ => false,
+    }
+}
+
+/// An error's causes on one line, without repeats.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+/// A timestamp as `2026-11-26T04:31:18Z`.
+pub fn date(d: &aws_smithy_types::DateTime) -> Option<String> {
+    d.fmt(aws_smithy_types::date_time::Format::DateTime)
+        .ok()
+        .map(|s| match s.split_once('.') {
+            Some((whole, _)) => format!("{whole}Z"),
+            None => s,
+        })
+}

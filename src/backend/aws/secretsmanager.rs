@@ -1,0 +1,344 @@
+//! The `aws-secrets-manager` backend.
+//!
+//! ```toml
+//! [backends.aws]
+//! kind = "aws-secrets-manager"
+//! region = "us-east-1"              # else the standard chain (AWS_REGION, the profile)
+//! prefix = "/dashtam/{env}/"        # the secret id is prefix + path
+//! # endpoint_url = "https://vpce-….secretsmanager.us-east-1.vpce.amazonaws.com"   # else AWS_ENDPOINT_URL
+//! # profile = "trading-prod"
+//! # encoding = "base64"             # pass a binary secret on base64-encoded (else it must be UTF-8)
+//!
+//! [secrets]
+//! API_KEY_ID  = { backend = "aws", path = "alpaca", key = "api_key_id" }
+//! DB_PASSWORD = { backend = "aws", path = "database/creds", key = "/primary/password", version = "AWSPREVIOUS" }
+//! ```
+//!
+//! `version` is a staging label (`AWSCURRENT`, `AWSPREVIOUS`, a custom one) or a version id (a
+//! UUID). Two or more current secrets go through `BatchGetSecretValue`, 20 per call; when the
+//! policy does not allow it, secret-run falls back, once, to parallel `GetSecretValue` calls.
+
+use std::collections::HashMap;
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use aws_sdk_secretsmanager::primitives::Blob;
+use futures_util::StreamExt;
+use secrecy::SecretString;
+use secrecy::zeroize::Zeroizing;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use super::{Common, Sdk, date, explain};
+use crate::backend::{FetchResult, Fetched, Request};
+use crate::secret::{SecretError, value_from_bytes};
+
+/// `BatchGetSecretValue` takes at most 20 ids.
+const BATCH: usize = 20;
+const PARALLEL: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Base64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: Common,
+    pub encoding: Option<Encoding>,
+}
+
+#[derive(Debug)]
+pub struct SecretsManager {
+    sdk: Sdk,
+    client: OnceCell<Client>,
+    encoding: Option<Encoding>,
+}
+
+/// A version id is a UUID; anything else names a staging label.
+fn is_version_id(v: &str) -> bool {
+    v.len() == 36
+        && v.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// What one secret's reply holds, whichever call brought it.
+struct Reply<'a> {
+    string: Option<&'a str>,
+    binary: Option<&'a Blob>,
+    version_id: Option<&'a str>,
+    stages: &'a [String],
+    created: Option<&'a aws_smithy_types::DateTime>,
+}
+
+impl SecretsManager {
+    pub fn new(config: &Config) -> Self {
+        SecretsManager {
+            sdk: Sdk::new(config.common.clone()),
+            client: OnceCell::new(),
+            encoding: config.encoding,
+        }
+    }
+
+    async fn client(&self) -> Result<&Client, SecretError> {
+        self.client
+            .get_or_try_init(|| async {
+                let sdk = self.sdk.config().await?;
+                let config = aws_sdk_secretsmanager::config::Builder::from(sdk)
+                    .interceptor(self.sdk.counter())
+                    .build();
+                Ok(Client::from_conf(config))
+            })
+            .await
+    }
+
+    /// API calls made so far, retries included.
+    pub fn calls(&self) -> usize {
+        self.sdk.calls()
+    }
+
+    pub async fn fetch(&self, requests: &[Request], _deadline: Instant) -> FetchResult {
+        let client = self.client().await?;
+        let mut results: HashMap<usize, Result<Fetched, SecretError>> = HashMap::new();
+        // Current values can be batched; a pinned stage or version id cannot.
+        let (current, pinned): (Vec<usize>, Vec<usize>) = (0..requests.len()).partition(|&i| {
+            requests[i]
+                .version
+                .as_deref()
+                .is_none_or(|v| v == "AWSCURRENT")
+        });
+        let mut singles = pinned;
+        if current.len() >= 2 {
+            match self.batch(client, requests, &current).await {
+                Ok(found) => results.extend(found),
+                Err(BatchRefused(e)) => {
+                    tracing::debug!(error = %e, "BatchGetSecretValue is not allowed; falling back to GetSecretValue per secret");
+                    singles.extend(&current);
+                }
+            }
+        } else {
+            singles.extend(&current);
+        }
+        let gets: Vec<_> = singles
+            .iter()
+            .map(|&i| async move { (i, self.get(client, &requests[i]).await) })
+            .collect();
+        let got: Vec<_> = futures_util::stream::iter(gets)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        results.extend(got);
+        tracing::debug!(
+            calls = self.calls(),
+            secrets = requests.len(),
+            "Secrets Manager reads done"
+        );
+        let ordered: Vec<Result<Fetched, SecretError>> = (0..requests.len())
+            .map(|i| {
+                results
+                    .remove(&i)
+                    .unwrap_or_else(|| Err(SecretError::unavailable("no answer for this secret")))
+            })
+            .collect();
+        // One cause behind every failure (no credentials, no network): say it once.
+        if let Some(Err(first)) = ordered.first() {
+            if ordered
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e == first))
+                && first.kind != crate::secret::ErrorKind::NotFound
+            {
+                return Err(first.clone());
+            }
+        }
+        Ok(ordered)
+    }
+
+    async fn get(&self, client: &Client, r: &Request) -> Result<Fetched, SecretError> {
+        let mut call = client.get_secret_value().secret_id(&r.path);
+        call = match r.version.as_deref() {
+            Some(v) if is_version_id(v) => call.version_id(v),
+            Some(v) => call.version_stage(v),
+            None => call,
+        };
+        let out = call.send().await.map_err(|e| {
+            let region = self.sdk.region();
+            match e.as_service_error() {
+                Some(se) if se.is_resource_not_found_exception() => SecretError::not_found(format!(
+                    "no secret `{}`{} in {region}",
+                    r.path,
+                    r.version.as_deref().map(|v| format!(" with version `{v}`")).unwrap_or_default()
+                )),
+                Some(se) if se.is_decryption_failure() => SecretError::denied(format!(
+                    "Secrets Manager cannot decrypt `{}` with its KMS key ({}): the caller needs `kms:Decrypt` on that key",
+                    r.path,
+                    se.message().unwrap_or("")
+                )),
+                Some(se) if se.is_invalid_request_exception() => SecretError::not_found(format!(
+                    "secret `{}` in {region} cannot be read: {}",
+                    r.path,
+                    se.message().unwrap_or("")
+                )),
+                _ => explain(&e, "secretsmanager:GetSecretValue", &region, &format!("secret `{}`", r.path)),
+            }
+        })?;
+        self.value(
+            &r.path,
+            &Reply {
+                string: out.secret_string(),
+                binary: out.secret_binary(),
+                version_id: out.version_id(),
+                stages: out.version_stages(),
+                created: out.created_date(),
+            },
+        )
+    }
+
+    /// Batched reads, 20 ids a call, the calls in parallel. `Err` only when the policy refuses
+    /// the batch call itself, so that the caller falls back.
+    async fn batch(
+        &self,
+        client: &Client,
+        requests: &[Request],
+        indices: &[usize],
+    ) -> Result<Vec<(usize, Result<Fetched, SecretError>)>, BatchRefused> {
+        let calls: Vec<_> = indices
+            .chunks(BATCH)
+            .map(|chunk| async move {
+                let ids: Vec<String> = chunk.iter().map(|&i| requests[i].path.clone()).collect();
+                let out = client
+                    .batch_get_secret_value()
+                    .set_secret_id_list(Some(ids))
+                    .send()
+                    .await;
+                (chunk, out)
+            })
+            .collect();
+        let answers: Vec<_> = futures_util::stream::iter(calls)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let region = self.sdk.region();
+        let mut results = Vec::new();
+        for (chunk, out) in answers {
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    if super::is_denied(&e) {
+                        return Err(BatchRefused(e.to_string()));
+                    }
+                    let err = explain(
+                        &e,
+                        "secretsmanager:BatchGetSecretValue",
+                        &region,
+                        "a batch of secrets",
+                    );
+                    results.extend(chunk.iter().map(|&i| (i, Err(err.clone()))));
+                    continue;
+                }
+            };
+            for &i in chunk {
+                let id = requests[i].path.as_str();
+                let entry = out.secret_values().iter().find(|v| {
+                    v.name() == Some(id)
+                        || v.arn() == Some(id)
+                        || v.arn()
+                            .is_some_and(|a| a.starts_with(id) && id.starts_with("arn:"))
+                });
+                let result = match entry {
+                    Some(v) => self.value(
+                        id,
+                        &Reply {
+                            string: v.secret_string(),
+                            binary: v.secret_binary(),
+                            version_id: v.version_id(),
+                            stages: v.version_stages(),
+                            created: v.created_date(),
+                        },
+                    ),
+                    None => {
+                        let error = out.errors().iter().find(|e| e.secret_id() == Some(id));
+                        match error.and_then(|e| e.error_code()) {
+                            Some("AccessDeniedException") => Err(SecretError::denied(format!(
+                                "access denied to secret `{id}` in {region}: the IAM policy needs `secretsmanager:GetSecretValue` on it"
+                            ))),
+                            Some("DecryptionFailure") => Err(SecretError::denied(format!(
+                                "Secrets Manager cannot decrypt `{id}` with its KMS key: the caller needs `kms:Decrypt` on that key"
+                            ))),
+                            Some("ResourceNotFoundException") | None => Err(
+                                SecretError::not_found(format!("no secret `{id}` in {region}")),
+                            ),
+                            Some(code) => Err(SecretError::unavailable(format!(
+                                "Secrets Manager returned {code} for `{id}`: {}",
+                                error.and_then(|e| e.message()).unwrap_or("")
+                            ))),
+                        }
+                    }
+                };
+                results.push((i, result));
+            }
+        }
+        Ok(results)
+    }
+
+    fn value(&self, id: &str, reply: &Reply<'_>) -> Result<Fetched, SecretError> {
+        let value = match (reply.string, reply.binary) {
+            (Some(s), _) => SecretString::from(s),
+            (None, Some(blob)) => match self.encoding {
+                Some(Encoding::Base64) => {
+                    let encoded = Zeroizing::new(aws_smithy_types::base64::encode(blob.as_ref()));
+                    SecretString::from(encoded.as_str())
+                }
+                None => value_from_bytes(blob.as_ref().to_vec()).map_err(|e| {
+                    SecretError::invalid(format!(
+                        "secret `{id}` is binary and {}; set `encoding = \"base64\"` on the backend to pass it on base64-encoded",
+                        e.message.trim_start_matches("the value ")
+                    ))
+                })?,
+            },
+            (None, None) => {
+                return Err(SecretError::invalid(format!(
+                    "secret `{id}` has neither a SecretString nor a SecretBinary"
+                )));
+            }
+        };
+        let stages = if reply.stages.is_empty() {
+            None
+        } else {
+            Some(format!("stages {}", reply.stages.join(", ")))
+        };
+        let created = reply.created.and_then(date).map(|d| format!("created {d}"));
+        let about = match (stages, created) {
+            (Some(s), Some(c)) => Some(format!("{s}, {c}")),
+            (s, c) => s.or(c),
+        };
+        Ok(Fetched {
+            value,
+            fields: false,
+            version: reply.version_id.map(str::to_owned),
+            about,
+        })
+    }
+}
+
+struct BatchRefused(String);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_ids_and_stages() {
+        assert!(super::is_version_id("f3927dc1-c71e-4656-bd9e-aa4e7b7d7e97"));
+        assert!(!super::is_version_id("AWSPREVIOUS"));
+        assert!(!super::is_version_id(
+            "f3927dc1c71e4656bd9eaa4e7b7d7e97xxxx"
+        ));
+    }
+}

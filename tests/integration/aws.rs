@@ -1,0 +1,367 @@
+//! The aws-secrets-manager and aws-ssm backends against a real moto server: plain, JSON and binary
+//! secrets, stages and version ids, batching (with the API calls counted), Parameter Store types
+//! and versions, and the failures (missing, wrong region, no credentials, unreachable, denied).
+
+use std::time::{Duration, Instant};
+
+use crate::moto::{self, Moto};
+use crate::support::{Project, Run, child_env};
+
+/// The moto environment, with some variables replaced (an empty value removes one).
+fn env<'a>(m: &'a Moto, changes: &[(&'a str, &'a str)]) -> Vec<(&'a str, String)> {
+    let mut env: Vec<(&str, String)> = m
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
+        .collect();
+    env.extend(
+        changes
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (*k, (*v).to_owned())),
+    );
+    env
+}
+
+fn as_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn run(p: &Project, args: &[&str], env: &[(&str, String)]) -> Run {
+    p.run_env(args, &as_refs(env))
+}
+
+#[test]
+fn plain_json_pointer_binary_and_prefix_with_env() {
+    let m = moto::shared();
+    m.py(r#"
+sm.create_secret(Name='/t-sm/dev/plain', SecretString='CANARY-aws-plain-0c1d')
+sm.create_secret(Name='/t-sm/dev/alpaca', SecretString=json.dumps({'api_key_id': 'CANARY-aws-json-3e4f', 'primary': {'password': 'pw-5a6b', 'port': 5432}, 'nested': json.dumps({'x': 'inner'})}))
+sm.create_secret(Name='/t-sm/dev/bin-text', SecretBinary=b'binary but text')
+sm.create_secret(Name='/t-sm/dev/bin-raw', SecretBinary=b'\xff\x00\xfe')
+"#);
+    let manifest = |extra: &str, secrets: &str| {
+        Project::with_manifest(&format!(
+            "[backends.aws]\nkind = \"aws-secrets-manager\"\nprefix = \"/t-sm/{{env}}/\"\n{extra}\n[secrets]\n{secrets}"
+        ))
+    };
+    let p = manifest(
+        "",
+        r#"PLAIN = { backend = "aws", path = "plain" }
+API_KEY_ID = { backend = "aws", path = "alpaca", key = "api_key_id" }
+DB_PASSWORD = { backend = "aws", path = "alpaca", key = "/primary/password" }
+DB_PORT = { backend = "aws", path = "alpaca", key = "/primary/port" }
+INNER = { backend = "aws", path = "alpaca", key = "/nested/x" }
+BIN = { backend = "aws", path = "bin-text" }
+"#,
+    );
+    let e = env(m, &[]);
+    let child = child_env(&p, &["--env", "dev"], &as_refs(&e));
+    assert_eq!(child["PLAIN"], "CANARY-aws-plain-0c1d");
+    assert_eq!(child["API_KEY_ID"], "CANARY-aws-json-3e4f");
+    assert_eq!(child["DB_PASSWORD"], "pw-5a6b");
+    assert_eq!(child["DB_PORT"], "5432");
+    assert_eq!(child["INNER"], "inner");
+    assert_eq!(child["BIN"], "binary but text");
+    // AWS credentials stay with the child by default: services make their own AWS calls.
+    assert_eq!(child["AWS_ACCESS_KEY_ID"], "testing");
+
+    // check: the version id and stages, never a value, at trace level too.
+    let r = run(&p, &["-vvv", "--env", "dev", "check"], &e);
+    r.code(0).no_canary(true);
+    r.stdout_has("stages AWSCURRENT");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("PLAIN") && l.contains("(version ") && l.contains('-')),
+        "{}",
+        r.stdout
+    );
+
+    // At trace level (RUST_LOG too), the SDK's request dumps stay capped: no session token.
+    let e_token = env(m, &[("AWS_SESSION_TOKEN", "CANARY-session-token-b7c8")]);
+    run(&p, &["-vvv", "--env", "dev", "--", "true"], &e_token)
+        .code(0)
+        .no_canary(true);
+    let e_rust_log = env(
+        m,
+        &[
+            ("AWS_SESSION_TOKEN", "CANARY-session-token-b7c8"),
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    run(&p, &["--env", "dev", "--", "true"], &e_rust_log)
+        .code(0)
+        .no_canary(true);
+
+    // Binary that is not UTF-8: an error that says what to do, or base64 when asked.
+    let secret = r#"RAW = { backend = "aws", path = "bin-raw" }"#;
+    run(&manifest("", secret), &["--env", "dev", "--", "true"], &e)
+        .code(65)
+        .stderr_has("is binary and is not valid UTF-8")
+        .stderr_has("encoding = \"base64\"");
+    let child = child_env(
+        &manifest("encoding = \"base64\"", secret),
+        &["--env", "dev"],
+        &as_refs(&e),
+    );
+    assert_eq!(child["RAW"], "/wD+");
+
+    // [env].remove drops the AWS credentials when wanted.
+    let p = Project::with_manifest(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\n[env]\nremove = [\"AWS_ACCESS_KEY_ID\", \"AWS_SECRET_ACCESS_KEY\"]\n[secrets]\nPLAIN = { backend = \"aws\", path = \"/t-sm/dev/plain\" }\n",
+    );
+    let child = child_env(&p, &[], &as_refs(&e));
+    assert!(
+        !child.contains_key("AWS_ACCESS_KEY_ID") && !child.contains_key("AWS_SECRET_ACCESS_KEY")
+    );
+}
+
+#[test]
+fn stages_and_version_ids() {
+    let m = moto::shared();
+    let old_id = m.py(r#"
+r = sm.create_secret(Name='t-stage/db', SecretString=json.dumps({'password': 'old-pw'}))
+sm.put_secret_value(SecretId='t-stage/db', SecretString=json.dumps({'password': 'new-pw'}))
+print(r['VersionId'])
+"#);
+    let old_id = old_id.trim();
+    let p = Project::with_manifest(&format!(
+        r#"[backends.aws]
+kind = "aws-secrets-manager"
+[secrets]
+NOW = {{ backend = "aws", path = "t-stage/db", key = "password" }}
+CURRENT = {{ backend = "aws", path = "t-stage/db", key = "password", version = "AWSCURRENT" }}
+PREVIOUS = {{ backend = "aws", path = "t-stage/db", key = "password", version = "AWSPREVIOUS" }}
+BY_ID = {{ backend = "aws", path = "t-stage/db", key = "password", version = "{old_id}" }}
+"#
+    ));
+    let e = env(m, &[]);
+    let child = child_env(&p, &[], &as_refs(&e));
+    assert_eq!(child["NOW"], "new-pw");
+    assert_eq!(child["CURRENT"], "new-pw");
+    assert_eq!(child["PREVIOUS"], "old-pw");
+    assert_eq!(child["BY_ID"], "old-pw");
+    run(&p, &["check"], &e)
+        .code(0)
+        .stdout_has(&format!("(version {old_id}, stages AWSPREVIOUS"));
+
+    let p = Project::with_manifest(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\nX = { backend = \"aws\", path = \"t-stage/db\", version = \"NOSUCHSTAGE\" }\n",
+    );
+    run(&p, &["--", "true"], &e)
+        .code(65)
+        .stderr_has("with version `NOSUCHSTAGE`");
+}
+
+/// The API calls the run made, from the call counter's debug lines.
+fn api_calls(r: &Run, operation: &str) -> usize {
+    r.stderr
+        .lines()
+        .filter(|l| l.contains("AWS API call") && l.contains(&format!("operation=\"{operation}\"")))
+        .count()
+}
+
+#[test]
+fn thirty_secrets_take_two_batch_calls() {
+    let m = moto::shared();
+    m.py("for i in range(30):\n    sm.create_secret(Name=f't-batch/s{i:02d}', SecretString=f'batch-value-{i:02d}')\n");
+    let mut manifest = String::from(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\nprefix = \"t-batch/\"\n[secrets]\n",
+    );
+    for i in 0..30 {
+        manifest.push_str(&format!(
+            "S{i:02} = {{ backend = \"aws\", path = \"s{i:02}\" }}\n"
+        ));
+    }
+    // Two variables reading one secret cost one fetch.
+    manifest.push_str("AGAIN = { backend = \"aws\", path = \"s00\" }\n");
+    let p = Project::with_manifest(&manifest);
+    let e = env(m, &[]);
+    let r = run(
+        &p,
+        &[
+            "-vv",
+            "--",
+            "sh",
+            "-c",
+            "env | grep -c '^S[0-9][0-9]=batch-value-'; echo \"$AGAIN\"",
+        ],
+        &e,
+    );
+    r.code(0).stdout_has("30\nbatch-value-00");
+    assert_eq!(api_calls(&r, "BatchGetSecretValue"), 2, "{}", r.stderr);
+    assert_eq!(api_calls(&r, "GetSecretValue"), 0, "{}", r.stderr);
+}
+
+#[test]
+fn parameter_store_types_versions_and_labels() {
+    let m = moto::shared();
+    m.py(r#"
+ssm.put_parameter(Name='/t-ssm/dev/redis/password', Value='CANARY-ssm-v1-7d8e', Type='SecureString')
+ssm.put_parameter(Name='/t-ssm/dev/redis/password', Value='CANARY-ssm-v2-9f0a', Type='SecureString', Overwrite=True)
+ssm.put_parameter(Name='/t-ssm/dev/hosts', Value='a.internal,b.internal', Type='StringList')
+ssm.put_parameter(Name='/t-ssm/dev/region', Value='eu-central-1', Type='String')
+ssm.label_parameter_version(Name='/t-ssm/dev/redis/password', ParameterVersion=1, Labels=['stable'])
+for i in range(12):
+    ssm.put_parameter(Name=f'/t-ssm/dev/many/p{i:02d}', Value=f'param-{i:02d}', Type='String')
+"#);
+    let mut manifest = String::from(
+        r#"[backends.params]
+kind = "aws-ssm"
+prefix = "/t-ssm/{env}/"
+[secrets]
+REDIS_PASSWORD = { backend = "params", path = "redis/password" }
+REDIS_V1 = { backend = "params", path = "redis/password", version = 1 }
+REDIS_STABLE = { backend = "params", path = "redis/password", version = "stable" }
+HOSTS = { backend = "params", path = "hosts" }
+REGION = { backend = "params", path = "region" }
+"#,
+    );
+    for i in 0..12 {
+        manifest.push_str(&format!(
+            "P{i:02} = {{ backend = \"params\", path = \"many/p{i:02}\" }}\n"
+        ));
+    }
+    let p = Project::with_manifest(&manifest);
+    let e = env(m, &[]);
+    let child = child_env(&p, &["--env", "dev"], &as_refs(&e));
+    assert_eq!(child["REDIS_PASSWORD"], "CANARY-ssm-v2-9f0a");
+    assert_eq!(child["REDIS_V1"], "CANARY-ssm-v1-7d8e");
+    assert_eq!(child["REDIS_STABLE"], "CANARY-ssm-v1-7d8e");
+    assert_eq!(child["HOSTS"], "a.internal,b.internal");
+    assert_eq!(child["REGION"], "eu-central-1");
+    assert_eq!(child["P11"], "param-11");
+    let r = run(&p, &["-vvv", "--env", "dev", "check"], &e);
+    r.code(0).no_canary(true);
+    r.stdout_has("ok (version 2, SecureString, modified 20")
+        .stdout_has("ok (version 1, SecureString");
+    // 17 reads, 10 names a call, versions of one name in separate calls: 3 calls.
+    let r = run(&p, &["-vv", "--env", "dev", "--", "true"], &e);
+    r.code(0);
+    assert_eq!(api_calls(&r, "GetParameters"), 3, "{}", r.stderr);
+
+    let p = Project::with_manifest(
+        "[backends.params]\nkind = \"aws-ssm\"\n[secrets]\nNOPE = { backend = \"params\", path = \"/t-ssm/dev/nope\" }\nOLD = { backend = \"params\", path = \"/t-ssm/dev/region\", version = 9 }\n",
+    );
+    run(&p, &["--", "true"], &e)
+        .code(65)
+        .stderr_has("no parameter `/t-ssm/dev/nope` in us-east-1")
+        .stderr_has("no parameter `/t-ssm/dev/region:9`");
+}
+
+#[test]
+fn missing_secret_and_wrong_region() {
+    let m = moto::shared();
+    m.py("sm.create_secret(Name='t-region/key', SecretString='in-us-east-1')\n");
+    let manifest = |region: &str| {
+        Project::with_manifest(&format!(
+            "[backends.aws]\nkind = \"aws-secrets-manager\"\nregion = \"{region}\"\n[secrets]\nKEY = {{ backend = \"aws\", path = \"t-region/key\" }}\nGONE = {{ backend = \"aws\", path = \"t-region/gone\" }}\n"
+        ))
+    };
+    let e = env(m, &[]);
+    run(&manifest("us-east-1"), &["--", "true"], &e)
+        .code(65)
+        .stderr_has(
+            "GONE (backend `aws`, path `t-region/gone`): no secret `t-region/gone` in us-east-1",
+        );
+    let r = run(&manifest("eu-west-1"), &["--", "true"], &e);
+    r.code(65)
+        .stderr_has("no secret `t-region/key` in eu-west-1");
+}
+
+#[test]
+fn no_credentials_and_no_region_are_one_clear_sentence() {
+    let m = moto::shared();
+    let p = Project::with_manifest(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\nK = { backend = \"aws\", path = \"t-nocreds/k\" }\n",
+    );
+    let e = env(
+        m,
+        &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")],
+    );
+    let r = run(&p, &["--timeout", "20s", "--", "true"], &e);
+    r.code(77).stderr_has("no AWS credentials found");
+    assert!(!r.stderr.contains("metadata"), "{}", r.stderr);
+
+    let e = env(m, &[("AWS_REGION", "")]);
+    run(&p, &["--", "true"], &e)
+        .code(78)
+        .stderr_has("no AWS region");
+}
+
+#[test]
+fn unreachable_and_silent_endpoints_are_unavailable_within_the_deadline() {
+    let m = moto::shared();
+    let p = Project::with_manifest(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\nendpoint_url = \"http://127.0.0.1:1\"\n[secrets]\nK = { backend = \"aws\", path = \"k\" }\n",
+    );
+    let e = env(m, &[]);
+    let started = Instant::now();
+    run(&p, &["--timeout", "10s", "--", "true"], &e)
+        .code(69)
+        .stderr_has("cannot reach AWS");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let p = Project::with_manifest(&format!(
+        "[backends.ssm]\nkind = \"aws-ssm\"\nendpoint_url = \"http://127.0.0.1:{port}\"\nrequest_timeout = \"1s\"\n[secrets]\nK = {{ backend = \"ssm\", path = \"/k\" }}\n"
+    ));
+    let started = Instant::now();
+    run(&p, &["--timeout", "3s", "--", "true"], &e).code(69);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn iam_denials_name_the_action_and_the_batch_falls_back() {
+    // moto enforces IAM after the first N calls: enough to create a user allowed only
+    // secretsmanager:GetSecretValue (not the batch call) and its secrets.
+    let m = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "5")]);
+    let keys = m.py(r#"
+iam.create_user(UserName='reader')
+iam.put_user_policy(UserName='reader', PolicyName='read', PolicyDocument=json.dumps({
+    'Version': '2012-10-17',
+    'Statement': [{'Effect': 'Allow', 'Action': ['secretsmanager:GetSecretValue'], 'Resource': '*'}]}))
+k = iam.create_access_key(UserName='reader')['AccessKey']
+sm.create_secret(Name='t-iam/a', SecretString='value-a')
+sm.create_secret(Name='t-iam/b', SecretString='value-b')
+print(k['AccessKeyId'], k['SecretAccessKey'])
+"#);
+    let mut keys = keys.split_whitespace();
+    let (id, secret) = (keys.next().unwrap(), keys.next().unwrap());
+    let e = env(
+        &m,
+        &[("AWS_ACCESS_KEY_ID", id), ("AWS_SECRET_ACCESS_KEY", secret)],
+    );
+    let p = Project::with_manifest(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\nA = { backend = \"aws\", path = \"t-iam/a\" }\nB = { backend = \"aws\", path = \"t-iam/b\" }\n",
+    );
+    let r = run(&p, &["-vv", "--", "sh", "-c", "echo \"$A $B\""], &e);
+    r.code(0).stdout_has("value-a value-b");
+    assert_eq!(api_calls(&r, "BatchGetSecretValue"), 1, "{}", r.stderr);
+    assert_eq!(api_calls(&r, "GetSecretValue"), 2, "{}", r.stderr);
+    r.stderr_has("falling back to GetSecretValue");
+
+    // Parameter Store is not allowed at all: the error names the action.
+    let p = Project::with_manifest(
+        "[backends.p]\nkind = \"aws-ssm\"\n[secrets]\nP = { backend = \"p\", path = \"/t-iam/p\" }\n",
+    );
+    run(&p, &["--", "true"], &e)
+        .code(77)
+        .stderr_has("the IAM policy needs `ssm:GetParameters`");
+}

@@ -1,0 +1,67 @@
+//! A server process for the tests that never outlives them: it runs under a small shell that
+//! kills it when its stdin closes, which happens when the test process ends, however it ends.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+pub struct Kept {
+    shell: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Kept {
+    /// Starts `bin args…` with its output in `log`, in an environment of `env` added to ours.
+    pub fn spawn<S: AsRef<OsStr>>(
+        bin: &Path,
+        args: &[S],
+        log: &Path,
+        env: &[(&str, &OsStr)],
+    ) -> Kept {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"bin=$1; log=$2; shift 2; "$bin" "$@" </dev/null >"$log" 2>&1 & p=$!; read _ignored; kill $p; wait $p"#)
+            .arg("sh")
+            .arg(bin)
+            .arg(log)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut shell = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdin = shell.stdin.take();
+        Kept { shell, stdin }
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.shell.try_wait(), Ok(Some(_)))
+    }
+
+    /// Stops the server and waits until it is gone.
+    pub fn stop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.shell.wait();
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port that is free, with the next one free too (the OpenBao dev server's cluster port).
+pub fn free_port_pair() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if port < 65000 && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
