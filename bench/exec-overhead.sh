@@ -38,7 +38,7 @@ trap 'rm -rf "$work"' EXIT
     for i in $(seq -w 1 20); do echo "SECRET_$i = \"secret/$i\""; done
 } > "$work/secrets.toml"
 for i in $(seq -w 1 20); do echo "SECRET_$i=value-$i-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"; done > "$work/.env"
-true_bin=$(command -v true)
+true_bin=$(type -P true)
 
 args=(-N --warmup 50 --runs "$runs" --style none
       -n "true (bare)" "$true_bin"

@@ -10,31 +10,16 @@ runs=${1:-50}
 tools=bench/.tools
 mkdir -p "$tools" bench/results
 
-if ! command -v hyperfine >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null
-fi
-command -v hyperfine >/dev/null || { echo "hyperfine is needed (apt-get install hyperfine)" >&2; exit 1; }
+. bench/lib.sh
+ensure_hyperfine
 scripts/install-test-servers
 bao=$PWD/.venv/bin/bao
 bin=$(scripts/build-release)
 
-if [ ! -x "$tools/teller/bin/teller" ]; then
-    if ! command -v protoc >/dev/null && [ "$(id -u)" = 0 ]; then
-        apt-get install -y -qq protobuf-compiler >/dev/null 2>&1 || true
-    fi
-    echo "installing teller v2 (about 6 minutes, once)" >&2
-    cargo install --quiet --locked teller --root "$tools/teller" >/dev/null 2>&1 \
-        || echo "note: teller did not install; skipped" >&2
-fi
+ensure_teller
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket
-while True:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
-    t = socket.socket()
-    try:
-        t.bind(("127.0.0.1", p + 1)); print(p); break
-    except OSError: pass')
+port=$(free_port)
 HOME=$work "$bao" server -dev -dev-root-token-id=root -dev-listen-address="127.0.0.1:$port" \
     >"$work/server.log" 2>&1 &
 server=$!
@@ -73,7 +58,7 @@ teller_config() {  # N -> a teller v2 config for the same secrets
 }
 manifest 1 > "$work/one.toml"
 manifest 100 > "$work/hundred.toml"
-true_bin=$(command -v true)
+true_bin=$(type -P true)
 
 count=$("$bin" -f "$work/hundred.toml" --exec -- sh -c 'env | grep -c "^SECRET_"')
 [ "$count" = 100 ] || { echo "expected 100 secrets in the child, got $count" >&2; exit 1; }
@@ -89,24 +74,11 @@ if [ -x "$teller" ]; then
     teller_config 100 > "$work/hundred.teller.yml"
     tcount=$("$teller" --config "$work/hundred.teller.yml" run -- /bin/sh -c 'env | grep -c "^SECRET_"' | tail -1)
     [ "$tcount" = 100 ] || { echo "teller gave the child $tcount secrets, not 100" >&2; exit 1; }
+    "$teller" --config "$work/one.teller.yml" run -- "$true_bin" </dev/null \
+        || { echo "teller run -- true exits $?" >&2; exit 1; }
     args+=(-n "teller v2, 1 secret" "$teller --config $work/one.teller.yml run -- $true_bin"
            -n "teller v2, 100 secrets" "$teller --config $work/hundred.teller.yml run -- $true_bin")
 fi
 hyperfine "${args[@]}" --export-json bench/results/vault.json
 
-python3 - "$connections" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open("bench/results/vault.json"))["results"]}
-ms = lambda name: r[name]["median"] * 1e3
-print("\n| command | median | mean ± σ |\n|---|---|---|")
-for name, x in r.items():
-    print(f"| {name} | {x['median']*1e3:.2f} ms | {x['mean']*1e3:.2f} ± {x['stddev']*1e3:.2f} ms |")
-print(f"\nsecret-run: each secret beyond the first costs "
-      f"{(ms('secret-run, 100 secrets') - ms('secret-run, 1 secret')) / 99 * 1e3:.0f} µs "
-      f"(100 reads over {sys.argv[1]} connections)")
-if "teller v2, 100 secrets" in r:
-    print(f"teller v2: each secret beyond the first costs "
-          f"{(ms('teller v2, 100 secrets') - ms('teller v2, 1 secret')) / 99 * 1e3:.0f} µs")
-    print(f"100 secrets: secret-run is {ms('teller v2, 100 secrets') / ms('secret-run, 100 secrets'):.1f}x faster than teller v2 "
-          f"(1 secret: {ms('teller v2, 1 secret') / ms('secret-run, 1 secret'):.1f}x)")
-PY
+summarize bench/results/vault.json "secret-run: the 100 reads went over $connections connections"

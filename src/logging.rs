@@ -22,7 +22,12 @@ pub fn init(verbose: u8, quiet: bool) {
     };
     // At trace level the HTTP and AWS crates dump whole requests, headers included: an AWS
     // session token, a signed Authorization header. They stop at debug, whatever is asked.
-    let filter = EnvFilter::new(format!("{spec},{CAPPED}"));
+    // Only where trace is asked for: added to a coarser filter, these would raise the level.
+    let filter = if spec.contains("trace") {
+        EnvFilter::new(format!("{spec},{CAPPED}"))
+    } else {
+        EnvFilter::new(spec)
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

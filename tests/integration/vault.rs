@@ -67,6 +67,11 @@ ONE = {{ backend = "vault", path = "t-kv2/one" }}
         "the Vault token reached the child"
     );
 
+    // A successful run says nothing of its own (no dependency's debug lines either).
+    let quiet = p.run_env(&["--", "true"], ROOT);
+    quiet.code(0);
+    assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
+
     // check: the KV version and its creation time, no values, even at trace level.
     let run = p.run_env(&["-vvv", "check"], ROOT);
     run.code(0).no_canary(true);
