@@ -4,6 +4,7 @@ use std::io::Write;
 
 use clap::CommandFactory;
 
+use crate::audit::Audit;
 use crate::cli::{Cli, Global, Sub};
 use crate::error::{Error, Result};
 use crate::launch::{self, exec, supervise};
@@ -12,6 +13,12 @@ use crate::resolve;
 
 /// Runs the parsed command line; `Ok` carries the exit code.
 pub fn run(cli: Cli) -> Result<u8> {
+    if cli.exec && (cli.subreaper || cli.process_group) {
+        return Err(Error::Usage(
+            "--subreaper and --process-group are for supervise mode; --exec leaves no supervisor"
+                .into(),
+        ));
+    }
     if cli.sub.is_some() && cli.exec {
         return Err(Error::Usage(
             "--exec goes with a command (`secret-run --exec -- CMD`), not with a subcommand".into(),
@@ -41,13 +48,20 @@ pub fn run(cli: Cli) -> Result<u8> {
                 .map_err(|e| Error::Internal(e.to_string()))?;
             Ok(0)
         }
-        None => launch_command(&cli.global, cli.exec, cli.command),
+        None => {
+            let opts = supervise::Options {
+                subreaper: cli.subreaper,
+                process_group: cli.process_group,
+            };
+            launch_command(&cli.global, cli.exec, opts, cli.command)
+        }
     }
 }
 
 fn launch_command(
     global: &Global,
     exec_mode: bool,
+    opts: supervise::Options,
     command: Vec<std::ffi::OsString>,
 ) -> Result<u8> {
     // Before any secret is fetched: a typo in the command costs nothing and reveals nothing.
@@ -62,15 +76,23 @@ fn launch_command(
         return Err(exec::exec(cmd, &target));
     }
     // One runtime for the resolve and the supervision: the HTTP connections a backend opened,
-    // and the tokens it obtained, stay usable for renewal while the child runs.
+    // and the tokens it obtained, stay usable for renewal and reloads while the child runs.
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let vars = resolve::resolve(&plan, global.timeout)
-            .await
-            .into_complete()
-            .map_err(Error::Resolve)?;
-        let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
-        drop(vars);
+        let mut audit =
+            Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
+        let resolution = resolve::resolve(&plan, global.timeout).await;
+        audit.resolve("start", &resolution.vars);
+        let vars = match resolution.into_complete() {
+            Ok(vars) => vars,
+            Err(failure) => {
+                audit.event(
+                    "start-failed",
+                    serde_json::json!({ "error": failure.to_string() }),
+                );
+                return Err(Error::Resolve(failure));
+            }
+        };
         let keepers: Vec<_> = plan
             .backends
             .values()
@@ -79,7 +101,9 @@ fn launch_command(
                 tokio::spawn(async move { b.keep_alive().await })
             })
             .collect();
-        let code = supervise::supervise(cmd, &target).await;
+        let supervisor =
+            supervise::Supervisor::new(&plan, &target, vars, audit, global.timeout, opts)?;
+        let code = supervisor.run().await;
         keepers.iter().for_each(tokio::task::JoinHandle::abort);
         code
     });

@@ -37,6 +37,16 @@ pub struct Cli {
     #[arg(long)]
     pub exec: bool,
 
+    /// Reap the orphans the command leaves, as an init would (PR_SET_CHILD_SUBREAPER). Implied
+    /// when secret-run is PID 1.
+    #[arg(long)]
+    pub subreaper: bool,
+
+    /// Run the command in a process group of its own, and send forwarded and stop signals to
+    /// the whole group.
+    #[arg(long)]
+    pub process_group: bool,
+
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", num_args = 0..)]
     pub command: Vec<OsString>,

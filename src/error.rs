@@ -113,6 +113,10 @@ pub enum Error {
     #[error("{0}")]
     Init(String),
 
+    /// The audit log cannot be opened: nothing is started without the record the manifest asks for.
+    #[error("{0}; fix the path or its permissions in [audit]")]
+    Audit(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -132,7 +136,7 @@ impl Error {
             Error::Resolve(f) => f.exit_code(),
             Error::CommandNotFound { .. } => code::COMMAND_NOT_FOUND,
             Error::CannotExecute { .. } => code::CANNOT_EXECUTE,
-            Error::AlreadyExists(_) | Error::Write { .. } => code::CANT_CREATE,
+            Error::AlreadyExists(_) | Error::Write { .. } | Error::Audit(_) => code::CANT_CREATE,
             Error::Internal(_) => code::SOFTWARE,
         }
     }

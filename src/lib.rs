@@ -6,12 +6,13 @@
 //! every problem ([`resolve`]). Values are `secrecy::SecretString` from the moment a backend reads
 //! them ([`secret`], [`backend`]); only the *launcher* exposes them, when it builds the child's
 //! environment, and then either replaces secret-run with the command (`--exec`) or supervises it,
-//! forwarding signals and passing its exit code through ([`launch`]).
+//! forwarding signals, reloading on rotation and passing its exit code through ([`launch`]).
 //!
 //! Errors name the file and line, or the variable, backend and path, and never a value; each maps
 //! to a documented exit code ([`error::code`]).
 
 pub mod app;
+pub mod audit;
 pub mod backend;
 pub mod check;
 pub mod cli;

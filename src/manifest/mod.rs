@@ -6,6 +6,7 @@
 //! a valid manifest into what one run will do.
 
 pub mod plan;
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub struct Manifest {
     /// Secrets in file order.
     pub secrets: Vec<Entry>,
     pub env: EnvPolicy,
+    /// `[run]`: what a supervised run does on reload and exit.
+    pub run: run::RunConfig,
+    /// `[audit]`: where events are recorded; the path is resolved against the manifest's directory.
+    pub audit: Option<run::AuditConfig>,
 }
 
 /// The manifest's text, kept to turn byte offsets into lines and columns.
@@ -120,6 +125,8 @@ struct RawManifest {
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, toml::Value>,
     env: Option<Spanned<toml::Value>>,
+    run: Option<Spanned<toml::Value>>,
+    audit: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +249,47 @@ pub fn parse(source: Source) -> Result<Manifest> {
         }
     };
 
+    let run = match raw.run {
+        None => run::RunConfig::default(),
+        Some(value) => {
+            let offset = value.span().start;
+            match value.into_inner().try_into::<run::RunConfig>() {
+                Ok(run) => {
+                    problems.extend(
+                        run.validate()
+                            .into_iter()
+                            .map(|m| source.problem_at(Some(offset), format!("[run]: {m}"))),
+                    );
+                    run
+                }
+                Err(e) => {
+                    problems.push(
+                        source
+                            .problem_at(Some(offset), format!("[run]: {}", e.message().trim_end())),
+                    );
+                    run::RunConfig::default()
+                }
+            }
+        }
+    };
+    let audit =
+        match raw.audit {
+            None => None,
+            Some(value) => {
+                let offset = value.span().start;
+                match value.into_inner().try_into::<run::AuditConfig>() {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        problems.push(source.problem_at(
+                            Some(offset),
+                            format!("[audit]: {}", e.message().trim_end()),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+
     if !problems.is_empty() {
         return Err(Error::Config(ConfigErrors(problems)));
     }
@@ -252,6 +300,8 @@ pub fn parse(source: Source) -> Result<Manifest> {
         backends,
         secrets,
         env,
+        run,
+        audit,
     })
 }
 

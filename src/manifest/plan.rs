@@ -42,6 +42,9 @@ pub struct Plan {
     pub vars: Vec<PlannedVar>,
     pub backends: BTreeMap<String, Arc<Backend>>,
     pub env: EnvPolicy,
+    pub run: super::run::RunConfig,
+    /// The audit log's path, relative paths resolved against the manifest's directory.
+    pub audit: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -199,11 +202,14 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
     if !problems.is_empty() {
         return Err(Error::Config(ConfigErrors(problems)));
     }
+    let audit = manifest.audit.as_ref().map(|a| ctx.base_dir.join(&a.path));
     Ok(Plan {
         name: manifest.name,
         vars,
         backends,
         env: manifest.env,
+        run: manifest.run,
+        audit,
     })
 }
 

@@ -13,5 +13,6 @@ mod manifest_errors;
 mod moto;
 mod no_leak;
 mod openbao;
+mod rotation;
 mod support;
 mod vault;

@@ -1,0 +1,102 @@
+//! The audit log: one JSON object per line, appended to a file created with mode 0600, for every
+//! event of a supervised run (resolve, start, reload, restart, signal, overlap, stale-serve, stop,
+//! exit). Records name variables, backends, paths and versions; never a value, and never a hash
+//! of one (a short secret's SHA-256 can be brute-forced).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use crate::resolve::{Outcome, ResolvedVar};
+
+#[derive(Debug)]
+pub struct Audit {
+    file: Option<(PathBuf, File)>,
+    name: Option<String>,
+}
+
+impl Audit {
+    /// Opens (creating, 0600) the log for appending; `None` writes nothing.
+    pub fn open(path: Option<&Path>, name: Option<&str>) -> Result<Audit, String> {
+        let file = match path {
+            None => None,
+            Some(p) => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)
+                    .map_err(|e| format!("cannot open the audit log {}: {e}", p.display()))?;
+                Some((p.to_path_buf(), f))
+            }
+        };
+        Ok(Audit {
+            file,
+            name: name.map(str::to_owned),
+        })
+    }
+
+    pub fn disabled() -> Audit {
+        Audit {
+            file: None,
+            name: None,
+        }
+    }
+
+    /// Appends one event. A failed write is logged, not fatal: the service keeps running.
+    pub fn event(&mut self, event: &str, fields: Value) {
+        let Some((path, file)) = self.file.as_mut() else {
+            return;
+        };
+        let mut record = Map::new();
+        record.insert(
+            "ts".into(),
+            Value::String(
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            ),
+        );
+        if let Some(name) = &self.name {
+            record.insert("name".into(), Value::String(name.clone()));
+        }
+        record.insert("event".into(), Value::String(event.into()));
+        if let Value::Object(extra) = fields {
+            record.extend(extra);
+        }
+        let mut line = Value::Object(record).to_string();
+        line.push('\n');
+        // One write of the whole line: with O_APPEND, lines from concurrent writers stay whole.
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write to the audit log");
+        }
+    }
+
+    /// The outcome of every variable of a resolve: backend, path, version, outcome.
+    pub fn resolve(&mut self, trigger: &str, vars: &[ResolvedVar]) {
+        let vars: Vec<Value> = vars.iter().map(describe).collect();
+        self.event("resolve", json!({ "trigger": trigger, "vars": vars }));
+    }
+}
+
+fn describe(v: &ResolvedVar) -> Value {
+    let (outcome, error) = match &v.outcome {
+        Outcome::Value(_) => ("ok", None),
+        Outcome::Default(_) => ("default", None),
+        Outcome::Absent => ("absent", None),
+        Outcome::Failed(e) => (e.kind.label(), Some(e.message.clone())),
+    };
+    let mut m = Map::new();
+    m.insert("var".into(), json!(v.name.as_str()));
+    m.insert("backend".into(), json!(v.backend));
+    m.insert("path".into(), json!(v.path));
+    if let Some(version) = &v.version {
+        m.insert("version".into(), json!(version));
+    }
+    m.insert("outcome".into(), json!(outcome));
+    if let Some(e) = error {
+        m.insert("error".into(), json!(e));
+    }
+    Value::Object(m)
+}

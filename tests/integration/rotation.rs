@@ -1,0 +1,595 @@
+//! Rotation and PID-1 duties, with real processes and real signals: reload on SIGHUP and on
+//! `watch`, the restart / signal / overlap policies, coalescing, backend outages, restarts on
+//! failure with last-known-good values, zombies, PR_SET_PDEATHSIG, and the audit log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::{Project, assert_gone, script};
+
+/// secret-run supervising a child in the background, its stderr in a file.
+struct Running {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Running {
+    fn start(p: &Project, args: &[&str]) -> Running {
+        let stderr = p.path("secret-run.err");
+        let mut cmd = p.cmd();
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        Running {
+            child: cmd.spawn().expect("start secret-run"),
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal secret-run");
+    }
+
+    /// Waits for secret-run to exit; its code (128 + N for a signal).
+    fn wait(mut self, limit: Duration) -> (i32, String) {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+                return (
+                    code,
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+                );
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                panic!(
+                    "secret-run did not exit within {limit:?}; its stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `cond` holds, else fails with `what`.
+#[track_caller]
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The audit records of one event type.
+fn audit(p: &Project, event: &str) -> Vec<serde_json::Value> {
+    lines(&p.path("audit.jsonl"))
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+/// A child that logs `start PID VALUE` and, on SIGTERM, `term PID`, into events.log, and logs
+/// `hup PID VALUE` on SIGHUP without exiting.
+fn service(p: &Project) -> PathBuf {
+    script(
+        p,
+        "bin/service",
+        r#"trap 'echo "term $$" >> events.log; exit 0' TERM
+trap 'echo "hup $$ $TOKEN" >> events.log' HUP
+echo "start $$ $TOKEN" >> events.log
+while :; do sleep 0.05; done"#,
+    )
+}
+
+/// A project whose TOKEN comes from run/token (file backend), with `[run]` settings and an audit log.
+fn project(run: &str) -> Project {
+    let p = Project::with_manifest(&format!(
+        "name = \"rotation-test\"\n[backends.files]\nkind = \"file\"\ndir = \"run\"\n[secrets]\nTOKEN = {{ backend = \"files\", path = \"token\" }}\n[run]\n{run}\n[audit]\npath = \"audit.jsonl\"\n"
+    ));
+    p.write("run/token", "CANARY-rotation-v1\n");
+    service(&p);
+    p
+}
+
+fn starts(p: &Project) -> Vec<String> {
+    lines(&p.path("events.log"))
+        .into_iter()
+        .filter(|l| l.starts_with("start "))
+        .collect()
+}
+
+#[test]
+fn sighup_with_a_changed_value_restarts_the_child_with_it() {
+    let p = project("min_restart_interval = \"1s\"");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the first child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    p.write("run/token", "CANARY-rotation-v2\n");
+    run.signal(Signal::SIGHUP);
+    wait_until("the second child", Duration::from_secs(5), || {
+        starts(&p).len() == 2
+    });
+    let log = lines(&p.path("events.log"));
+    let first_pid = log[0].split(' ').nth(1).unwrap().to_owned();
+    assert!(log[0].ends_with("CANARY-rotation-v1"), "{log:?}");
+    // The old child got SIGTERM, and ended before the new one started.
+    assert_eq!(log[1], format!("term {first_pid}"), "{log:?}");
+    assert!(
+        log[2].starts_with("start ") && log[2].ends_with("CANARY-rotation-v2"),
+        "{log:?}"
+    );
+
+    run.signal(Signal::SIGTERM);
+    let (code, stderr) = run.wait(Duration::from_secs(5));
+    assert_eq!(code, 0, "{stderr}");
+    let changes = audit(&p, "changes");
+    assert_eq!(changes[0]["changed"], serde_json::json!(["TOKEN"]));
+    assert_eq!(audit(&p, "restart").len(), 1);
+    for event in ["resolve", "start", "reload", "stop", "exit"] {
+        assert!(!audit(&p, event).is_empty(), "no {event} record");
+    }
+    let text = std::fs::read_to_string(p.path("audit.jsonl")).unwrap();
+    assert!(
+        !text.contains("CANARY"),
+        "a value in the audit log:\n{text}"
+    );
+    assert!(text.contains("\"name\":\"rotation-test\""));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.path("audit.jsonl"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!stderr.contains("CANARY"), "{stderr}");
+}
+
+#[test]
+fn sighup_without_a_change_restarts_nothing_unless_always() {
+    let p = project("");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    run.signal(Signal::SIGHUP);
+    wait_until("the reload's verdict", Duration::from_secs(5), || {
+        !audit(&p, "changes").is_empty()
+    });
+    assert_eq!(audit(&p, "changes")[0]["changed"], serde_json::json!([]));
+    assert_eq!(starts(&p).len(), 1);
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+
+    let p = project("restart = \"always\"");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    run.signal(Signal::SIGHUP);
+    wait_until("a restart", Duration::from_secs(5), || {
+        starts(&p).len() == 2
+    });
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+}
+
+#[test]
+fn sighup_while_the_backend_is_down_keeps_the_old_child() {
+    // A provider that fails while `down` exists.
+    let p = Project::with_manifest(
+        "[backends.vault-ish]\nkind = \"command\"\nargv = [\"./bin/provider\"]\n[secrets]\nTOKEN = { backend = \"vault-ish\", path = \"token\" }\n[audit]\npath = \"audit.jsonl\"\n",
+    );
+    script(
+        &p,
+        "bin/provider",
+        "if [ -e down ]; then echo 'connection refused' >&2; exit 1; fi; cat value",
+    );
+    p.write("value", "CANARY-rotation-v1");
+    service(&p);
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    p.write("down", "");
+    p.write("value", "CANARY-rotation-v2");
+    run.signal(Signal::SIGHUP);
+    wait_until("the failed reload", Duration::from_secs(10), || {
+        !audit(&p, "reload-failed").is_empty()
+    });
+    assert_eq!(starts(&p).len(), 1, "the child was restarted");
+    let pid: i32 = starts(&p)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        kill(Pid::from_raw(pid), None).is_ok(),
+        "the old child is gone"
+    );
+    assert!(
+        audit(&p, "reload-failed")[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
+
+    // The backend comes back: the next reload applies the rotation.
+    std::fs::remove_file(p.path("down")).unwrap();
+    run.signal(Signal::SIGHUP);
+    wait_until("the restart", Duration::from_secs(10), || {
+        starts(&p).len() == 2
+    });
+    assert!(starts(&p)[1].ends_with("CANARY-rotation-v2"));
+    run.signal(Signal::SIGTERM);
+    let (code, stderr) = run.wait(Duration::from_secs(5));
+    assert_eq!(code, 0);
+    assert!(!stderr.contains("CANARY"), "{stderr}");
+}
+
+#[test]
+fn a_storm_of_sighups_coalesces_and_never_runs_two_children() {
+    let p = project("min_restart_interval = \"2s\"");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    p.write("run/token", "CANARY-rotation-v2\n");
+    for _ in 0..100 {
+        run.signal(Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let the coalesced reloads play out: one restart, then (after 2 s) at most one more.
+    std::thread::sleep(Duration::from_secs(4));
+    let restarts = starts(&p).len() - 1;
+    assert!((1..=2).contains(&restarts), "{restarts} restarts");
+    // Never two children: every start after the first follows the previous child's end.
+    let log = lines(&p.path("events.log"));
+    let mut alive = 0;
+    for line in &log {
+        if line.starts_with("start ") {
+            alive += 1;
+        } else if line.starts_with("term ") {
+            alive -= 1;
+        }
+        assert!(alive <= 1, "two children at once: {log:?}");
+    }
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+}
+
+#[test]
+fn signal_policy_signals_the_child_and_does_not_restart_it() {
+    let p = project("on_change = \"signal\"\nchild_signal = \"SIGHUP\"");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    p.write("run/token", "CANARY-rotation-v2\n");
+    run.signal(Signal::SIGHUP);
+    wait_until("the child's SIGHUP", Duration::from_secs(5), || {
+        lines(&p.path("events.log"))
+            .iter()
+            .any(|l| l.starts_with("hup "))
+    });
+    assert_eq!(starts(&p).len(), 1);
+    assert_eq!(audit(&p, "signal").len(), 1);
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+}
+
+#[test]
+fn watch_picks_up_a_rotation_without_a_signal() {
+    let p = project("watch = \"500ms\"\nmin_restart_interval = \"1s\"");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    p.write("run/token", "CANARY-rotation-v2\n");
+    wait_until("the restart", Duration::from_secs(5), || {
+        starts(&p).len() == 2
+    });
+    assert!(starts(&p)[1].ends_with("CANARY-rotation-v2"));
+    assert_eq!(audit(&p, "reload").last().unwrap()["trigger"], "watch");
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+}
+
+/// A TCP server in Python that shares its port (SO_REUSEPORT), answers every connection with
+/// the value, marks itself ready, and on SIGTERM stops accepting and exits.
+fn reuseport_server(p: &Project, port: u16) {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(python.exists(), "run scripts/install-test-servers");
+    p.write(
+        "server.py",
+        &format!(
+            r#"import os, signal, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", {port}))
+s.listen(128)
+signal.signal(signal.SIGTERM, lambda *a: (s.close(), open("events.log", "a").write(f"term {{os.getpid()}}\n"), os._exit(0)))
+open("events.log", "a").write(f"start {{os.getpid()}} {{os.environ['TOKEN']}}\n")
+open(f"ready-{{os.getpid()}}", "w").close()
+while True:
+    c, _ = s.accept()
+    c.sendall(os.environ["TOKEN"].encode())
+    c.close()
+"#
+        ),
+    );
+    script(
+        p,
+        "bin/server",
+        &format!("exec {} server.py", python.display()),
+    );
+}
+
+#[test]
+fn overlap_hands_over_without_a_refused_connection() {
+    let port = crate::kept::free_port_pair();
+    let p = project(
+        "on_change = \"overlap\"\nready = { cmd = [\"sh\", \"-c\", \"test $(ls ready-* | wc -l) -ge 2\"], timeout = \"10s\" }\n",
+    );
+    reuseport_server(&p, port);
+    let run = Running::start(&p, &["--", "./bin/server"]);
+    wait_until("the server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let (mut ok, mut refused) = (0, 0);
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(mut s) => {
+                        let mut answer = String::new();
+                        let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+                        seen.insert(answer);
+                        ok += 1;
+                    }
+                    Err(_) => refused += 1,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, refused, seen)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    p.write("run/token", "CANARY-rotation-v2\n");
+    run.signal(Signal::SIGHUP);
+    wait_until("the hand-over", Duration::from_secs(15), || {
+        !audit(&p, "overlap").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, refused, seen) = client.join().unwrap();
+    assert_eq!(refused, 0, "{refused} connections refused ({ok} served)");
+    assert!(seen.contains("CANARY-rotation-v2"), "{seen:?}");
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+}
+
+#[test]
+fn overlap_keeps_the_old_child_when_the_new_one_never_gets_ready() {
+    let p = project(
+        "on_change = \"overlap\"\nready = { cmd = [\"false\"], timeout = \"1s\" }\nstop_timeout = \"2s\"",
+    );
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    p.write("run/token", "CANARY-rotation-v2\n");
+    run.signal(Signal::SIGHUP);
+    wait_until("the verdict", Duration::from_secs(10), || {
+        !audit(&p, "overlap-failed").is_empty()
+    });
+    let first: i32 = starts(&p)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    let second: i32 = starts(&p)[1].split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        kill(Pid::from_raw(first), None).is_ok(),
+        "the old child was stopped"
+    );
+    assert_gone(second);
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+}
+
+#[test]
+fn a_failing_child_restarts_on_failure_with_last_known_good_values() {
+    let p = Project::with_manifest(
+        "[backends.flaky]\nkind = \"command\"\nargv = [\"./bin/provider\"]\n[secrets]\nTOKEN = { backend = \"flaky\", path = \"token\" }\n[run]\nrestart_on_exit = \"on-failure\"\n[audit]\npath = \"audit.jsonl\"\n",
+    );
+    script(
+        &p,
+        "bin/provider",
+        "if [ -e down ]; then exit 1; fi; echo CANARY-rotation-v1",
+    );
+    // Fails on its first two runs (after taking the backend down), then stays up.
+    script(
+        &p,
+        "bin/crashy",
+        r#"trap 'exit 0' TERM
+echo "start $$ $TOKEN" >> events.log
+n=$(cat runs 2>/dev/null || echo 0); echo $((n + 1)) > runs
+if [ "$n" -lt 2 ]; then touch down; exit 3; fi
+while :; do sleep 0.05; done"#,
+    );
+    let run = Running::start(&p, &["--", "./bin/crashy"]);
+    wait_until("the third start", Duration::from_secs(10), || {
+        starts(&p).len() == 3
+    });
+    assert!(starts(&p).iter().all(|s| s.ends_with("CANARY-rotation-v1")));
+    assert!(
+        !audit(&p, "stale-serve").is_empty(),
+        "no stale-serve record"
+    );
+    run.signal(Signal::SIGTERM);
+    let (code, stderr) = run.wait(Duration::from_secs(5));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("CANARY"), "{stderr}");
+}
+
+#[test]
+fn the_child_killed_gives_137_and_its_own_exit_ends_the_run() {
+    let p = project("");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    let pid: i32 = starts(&p)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 137);
+    let exits = audit(&p, "exit");
+    assert_eq!(exits[0]["code"], 137);
+    assert_eq!(exits[0]["signal"], "SIGKILL");
+}
+
+#[test]
+fn a_sigkilled_supervisor_leaves_no_child_behind() {
+    let p = project("");
+    let run = Running::start(&p, &["--", "./bin/service"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    let pid: i32 = starts(&p)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    run.signal(Signal::SIGKILL);
+    assert_gone(pid);
+}
+
+/// Counts zombies among the processes whose parent is `parent`.
+fn zombie_children(parent: i32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            let after = stat.rsplit_once(") ").map_or("", |(_, a)| a);
+            let mut f = after.split(' ');
+            let state = f.next();
+            let ppid = f.next().and_then(|p| p.parse::<i32>().ok());
+            state == Some("Z") && ppid == Some(parent)
+        })
+        .count()
+}
+
+#[test]
+fn subreaper_reaps_the_orphans_of_the_child() {
+    let p = project("");
+    // The child leaves two orphans that exit at once, then keeps running.
+    script(
+        &p,
+        "bin/parent",
+        "trap 'exit 0' TERM; (sleep 0.1 &); (sleep 0.1 &); echo \"start $$ $TOKEN\" >> events.log; while :; do sleep 0.05; done",
+    );
+    let run = Running::start(&p, &["--subreaper", "--", "./bin/parent"]);
+    wait_until("the child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        zombie_children(run.pid().as_raw()),
+        0,
+        "zombies left under secret-run"
+    );
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+}
+
+#[test]
+fn as_pid_1_it_reaps_every_zombie() {
+    let p = project("");
+    // Inside a new PID namespace secret-run is PID 1; the child's orphans become its children.
+    script(
+        &p,
+        "bin/parent",
+        "(sleep 0.1 &); (sleep 0.1 &); sleep 0.8; ps -e -o stat= | grep -c '^Z' > zombies.txt; exit 0",
+    );
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(crate::support::bin())
+        .args(["--", "./bin/parent"])
+        .current_dir(p.dir.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("unshare");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("zombies.txt"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn process_group_signals_reach_the_whole_group() {
+    let p = project("");
+    // A shell that runs a grandchild in the foreground: only a group signal reaches both.
+    script(
+        &p,
+        "bin/group",
+        "echo \"start $$ $TOKEN\" >> events.log; sh -c 'echo $$ > grandchild.pid; exec sleep 30'",
+    );
+    let run = Running::start(&p, &["--process-group", "--", "./bin/group"]);
+    wait_until("the grandchild", Duration::from_secs(5), || {
+        p.path("grandchild.pid").exists()
+    });
+    let grandchild: i32 = std::fs::read_to_string(p.path("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    run.signal(Signal::SIGTERM);
+    let (code, _) = run.wait(Duration::from_secs(5));
+    assert_eq!(code, 143);
+    assert_gone(grandchild);
+}
+
+#[test]
+fn run_and_audit_errors_are_reported_before_anything_starts() {
+    let p = Project::with_manifest(
+        "[secrets]\nA = \"a\"\n[run]\non_change = \"overlap\"\nstop_timeout = \"soon\"\nreload_signal = \"SIGNOPE\"\n",
+    );
+    let r = p.run(&["--", "true"]);
+    r.code(78).stderr_has("[run]");
+    let p = Project::with_manifest("[secrets]\n[run]\non_change = \"overlap\"\n");
+    p.run(&["--", "true"]).code(78).stderr_has("needs `ready");
+    let p = Project::with_manifest("[secrets]\n[audit]\npath = \"no/such/dir/audit.jsonl\"\n");
+    p.write(".env", "");
+    let r = p.run(&["--", "sh", "-c", "echo started > started"]);
+    r.code(73).stderr_has("cannot open the audit log");
+    assert!(!p.path("started").exists());
+}
