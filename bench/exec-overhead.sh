@@ -6,6 +6,7 @@
 # The machine drifts over a minute (page-fault cost in a VM), so the commands are timed in
 # ROUNDS interleaved rounds of RUNS runs each, and each round's overhead is taken against the
 # bare `true` of the same round; the report gives the median of those and their range.
+# With BENCH_NO_PIE=1, the position-dependent build (scripts/build-release --no-pie) is timed too.
 # Usage: bench/exec-overhead.sh [RUNS] [ROUNDS]    Results: bench/results/exec-overhead*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,10 @@ args=(-N --warmup 50 --runs "$runs" --style none
       -n "true (bare)" "$true_bin"
       -n "secret-run --exec" "$bin -f $work/secrets.toml --exec -- $true_bin"
       -n "secret-run (supervise)" "$bin -f $work/secrets.toml -- $true_bin")
+if [ "${BENCH_NO_PIE:-}" = 1 ]; then
+    nopie=$(scripts/build-release --no-pie)
+    args+=(-n "secret-run --exec (no-PIE build)" "$nopie -f $work/secrets.toml --exec -- $true_bin")
+fi
 [ -x "$tools/dotenvy/bin/dotenvy" ] && args+=(-n "dotenvy CLI" "$PWD/$tools/dotenvy/bin/dotenvy -f $work/.env $true_bin")
 
 # Prove the wrapped command really gets the 20 values before timing it.

@@ -45,7 +45,8 @@ const FORWARDED: &[Signal] = &[
 /// Signals after which secret-run only waits for the child to end: no more restarts.
 const STOPPING: &[Signal] = &[Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
 
-/// Reload attempts that change nothing are still spaced by at least this much.
+/// Reload attempts that change nothing are still spaced by this much (or by
+/// `min_restart_interval` when it is shorter).
 const MIN_RELOAD_GAP: Duration = Duration::from_secs(1);
 const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(30);
 
@@ -206,7 +207,8 @@ impl<'a> Supervisor<'a> {
         let after_restart = self
             .last_restart
             .map(|t| t + self.plan.run.min_restart_interval);
-        let after_reload = self.last_reload.map(|t| t + MIN_RELOAD_GAP);
+        let gap = MIN_RELOAD_GAP.min(self.plan.run.min_restart_interval);
+        let after_reload = self.last_reload.map(|t| t + gap);
         [after_restart, after_reload]
             .into_iter()
             .flatten()
@@ -365,7 +367,7 @@ impl<'a> Supervisor<'a> {
     }
 
     async fn reload(&mut self, trigger: &'static str) {
-        self.audit.event("reload", json!({ "trigger": trigger }));
+        tracing::debug!(trigger, "reloading");
         let resolution = self.resolve().await;
         self.last_reload = Some(Instant::now());
         let Some(resolution) = resolution else { return };
@@ -381,8 +383,8 @@ impl<'a> Supervisor<'a> {
                 );
                 let age = self.confirmed.elapsed();
                 self.audit.event(
-                    "reload-failed",
-                    json!({ "trigger": trigger, "error": failure.to_string(), "values_age_s": age.as_secs() }),
+                    "reload",
+                    json!({ "trigger": trigger, "outcome": "failed", "error": failure.to_string(), "values_age_s": age.as_secs() }),
                 );
                 if age > self.plan.run.max_stale {
                     tracing::error!(
@@ -397,8 +399,15 @@ impl<'a> Supervisor<'a> {
         self.confirmed = Instant::now();
         let changed = changed(&self.values, &vars);
         let names: Vec<&str> = changed.iter().map(String::as_str).collect();
-        self.audit
-            .event("changes", json!({ "trigger": trigger, "changed": names }));
+        let outcome = if changed.is_empty() {
+            "unchanged"
+        } else {
+            "changed"
+        };
+        self.audit.event(
+            "reload",
+            json!({ "trigger": trigger, "outcome": outcome, "changed": names }),
+        );
         if changed.is_empty() && self.plan.run.restart == Restart::OnChange {
             tracing::info!("reload: no secret changed; nothing restarted");
             self.values = vars;

@@ -89,6 +89,14 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The reload records with this outcome (changed, unchanged, failed).
+fn reloads(p: &Project, outcome: &str) -> Vec<serde_json::Value> {
+    audit(p, "reload")
+        .into_iter()
+        .filter(|r| r["outcome"] == outcome)
+        .collect()
+}
+
 /// The audit records of one event type.
 fn audit(p: &Project, event: &str) -> Vec<serde_json::Value> {
     lines(&p.path("audit.jsonl"))
@@ -153,8 +161,9 @@ fn sighup_with_a_changed_value_restarts_the_child_with_it() {
     run.signal(Signal::SIGTERM);
     let (code, stderr) = run.wait(Duration::from_secs(5));
     assert_eq!(code, 0, "{stderr}");
-    let changes = audit(&p, "changes");
+    let changes = reloads(&p, "changed");
     assert_eq!(changes[0]["changed"], serde_json::json!(["TOKEN"]));
+    assert_eq!(changes[0]["trigger"], "signal");
     assert_eq!(audit(&p, "restart").len(), 1);
     for event in ["resolve", "start", "reload", "stop", "exit"] {
         assert!(!audit(&p, event).is_empty(), "no {event} record");
@@ -183,9 +192,12 @@ fn sighup_without_a_change_restarts_nothing_unless_always() {
     });
     run.signal(Signal::SIGHUP);
     wait_until("the reload's verdict", Duration::from_secs(5), || {
-        !audit(&p, "changes").is_empty()
+        !reloads(&p, "unchanged").is_empty()
     });
-    assert_eq!(audit(&p, "changes")[0]["changed"], serde_json::json!([]));
+    assert_eq!(
+        reloads(&p, "unchanged")[0]["changed"],
+        serde_json::json!([])
+    );
     assert_eq!(starts(&p).len(), 1);
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
@@ -224,7 +236,7 @@ fn sighup_while_the_backend_is_down_keeps_the_old_child() {
     p.write("value", "CANARY-rotation-v2");
     run.signal(Signal::SIGHUP);
     wait_until("the failed reload", Duration::from_secs(10), || {
-        !audit(&p, "reload-failed").is_empty()
+        !reloads(&p, "failed").is_empty()
     });
     assert_eq!(starts(&p).len(), 1, "the child was restarted");
     let pid: i32 = starts(&p)[0].split(' ').nth(1).unwrap().parse().unwrap();
@@ -233,7 +245,7 @@ fn sighup_while_the_backend_is_down_keeps_the_old_child() {
         "the old child is gone"
     );
     assert!(
-        audit(&p, "reload-failed")[0]["error"]
+        reloads(&p, "failed")[0]["error"]
             .as_str()
             .unwrap()
             .contains("connection refused")
