@@ -19,8 +19,13 @@ struct Running {
 
 impl Running {
     fn start(p: &Project, args: &[&str]) -> Running {
+        Running::start_env(p, args, &[])
+    }
+
+    fn start_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Running {
         let stderr = p.path("secret-run.err");
         let mut cmd = p.cmd();
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap());
@@ -180,6 +185,53 @@ fn sighup_with_a_changed_value_restarts_the_child_with_it() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    assert!(!stderr.contains("CANARY"), "{stderr}");
+}
+
+#[test]
+fn sighup_picks_up_a_secret_rotated_in_openbao() {
+    let bao = crate::openbao::shared();
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/t-rotate/token",
+        "value=CANARY-rotation-v1",
+    ]);
+    let p = Project::with_manifest(&format!(
+        "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"t-rotate/token\" }}\n[run]\nmin_restart_interval = \"1s\"\n[audit]\npath = \"audit.jsonl\"\n",
+        bao.addr
+    ));
+    service(&p);
+    let run = Running::start_env(
+        &p,
+        &["--", "./bin/service"],
+        &[("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)],
+    );
+    wait_until("the first child", Duration::from_secs(5), || {
+        starts(&p).len() == 1
+    });
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/t-rotate/token",
+        "value=CANARY-rotation-v2",
+    ]);
+    run.signal(Signal::SIGHUP);
+    wait_until("the second child", Duration::from_secs(10), || {
+        starts(&p).len() == 2
+    });
+    assert!(
+        starts(&p)[1].ends_with("CANARY-rotation-v2"),
+        "{:?}",
+        starts(&p)
+    );
+    // The audit log names the KV version each resolve read.
+    let resolves = audit(&p, "resolve");
+    assert_eq!(resolves[0]["vars"][0]["version"], "1");
+    assert_eq!(resolves.last().unwrap()["vars"][0]["version"], "2");
+    run.signal(Signal::SIGTERM);
+    let (code, stderr) = run.wait(Duration::from_secs(5));
+    assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("CANARY"), "{stderr}");
 }
 

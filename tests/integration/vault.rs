@@ -67,6 +67,10 @@ ONE = {{ backend = "vault", path = "t-kv2/one" }}
         "the Vault token reached the child"
     );
 
+    // Six variables, three paths: three reads (and the KV-version lookup).
+    let debug = p.run_env(&["-vv", "--", "true"], ROOT);
+    debug.code(0).stderr_has("paths=3");
+
     // A successful run says nothing of its own (no dependency's debug lines either).
     let quiet = p.run_env(&["--", "true"], ROOT);
     quiet.code(0);
