@@ -9,11 +9,14 @@ aws_config=debug,aws_runtime=debug,aws_smithy_http_client=debug,hyper=debug,hype
 reqwest=debug,h2=debug,rustls=debug";
 
 pub fn init(verbose: u8, quiet: bool) {
+    // Other crates speak one level lower than secret-run itself: the AWS SDK, for one, warns at
+    // length about every credential and region source it tries, which secret-run's own error
+    // already sums up in one sentence.
     let level = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
+        (false, 0) => "error,secret_run=warn",
+        (false, 1) => "warn,secret_run=info",
+        (false, 2) => "info,secret_run=debug",
         (false, _) => "trace",
     };
     let spec = match std::env::var("RUST_LOG") {
