@@ -179,6 +179,31 @@ impl Fetched {
 /// Outer error: the backend failed as a whole. Inner: one result per request, in order.
 pub type FetchResult = Result<Vec<Result<Fetched, SecretError>>, SecretError>;
 
+/// Puts the results of a batch (keyed by request index, in any order) in request order, and
+/// turns one error shared by every request (no credentials, no network) into one backend
+/// failure, so that it is said once rather than once per variable.
+pub fn in_order(
+    mut results: std::collections::HashMap<usize, Result<Fetched, SecretError>>,
+    count: usize,
+) -> FetchResult {
+    let ordered: Vec<Result<Fetched, SecretError>> = (0..count)
+        .map(|i| {
+            results
+                .remove(&i)
+                .unwrap_or_else(|| Err(SecretError::unavailable("no answer for this read")))
+        })
+        .collect();
+    if let Some(Err(first)) = ordered.first() {
+        let shared = ordered
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e == first));
+        if shared && first.kind != crate::secret::ErrorKind::NotFound {
+            return Err(first.clone());
+        }
+    }
+    Ok(ordered)
+}
+
 #[derive(Debug)]
 pub enum Backend {
     Env(env::EnvBackend),

@@ -237,13 +237,7 @@ impl<'a> Supervisor<'a> {
                         self.finished = Some(self.last_code);
                     }
                 }
-                let targets: Vec<Pid> = self
-                    .child
-                    .map(|c| c.pid)
-                    .into_iter()
-                    .chain(self.others.iter().copied())
-                    .collect();
-                for pid in targets {
+                for pid in self.live_pids() {
                     self.forward(pid, sig);
                 }
             }
@@ -266,13 +260,7 @@ impl<'a> Supervisor<'a> {
                 }
             }
         } else {
-            let known: Vec<Pid> = self
-                .child
-                .map(|c| c.pid)
-                .into_iter()
-                .chain(self.others.iter().copied())
-                .collect();
-            for pid in known {
+            for pid in self.live_pids() {
                 if let Ok(status) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                     if let Some(code) = code_of(status) {
                         ended.push((pid, code));
@@ -289,6 +277,15 @@ impl<'a> Supervisor<'a> {
                 tracing::debug!(pid = pid.as_raw(), code, "reaped an orphan");
             }
         }
+    }
+
+    /// The child, and the children being stopped or tried out.
+    fn live_pids(&self) -> Vec<Pid> {
+        self.child
+            .map(|c| c.pid)
+            .into_iter()
+            .chain(self.others.iter().copied())
+            .collect()
     }
 
     fn child_ended(&mut self, code: u8) {

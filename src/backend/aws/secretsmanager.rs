@@ -142,24 +142,7 @@ impl SecretsManager {
             secrets = requests.len(),
             "Secrets Manager reads done"
         );
-        let ordered: Vec<Result<Fetched, SecretError>> = (0..requests.len())
-            .map(|i| {
-                results
-                    .remove(&i)
-                    .unwrap_or_else(|| Err(SecretError::unavailable("no answer for this secret")))
-            })
-            .collect();
-        // One cause behind every failure (no credentials, no network): say it once.
-        if let Some(Err(first)) = ordered.first() {
-            if ordered
-                .iter()
-                .all(|r| r.as_ref().is_err_and(|e| e == first))
-                && first.kind != crate::secret::ErrorKind::NotFound
-            {
-                return Err(first.clone());
-            }
-        }
-        Ok(ordered)
+        crate::backend::in_order(results, requests.len())
     }
 
     async fn get(&self, client: &Client, r: &Request) -> Result<Fetched, SecretError> {

@@ -118,30 +118,14 @@ impl Ssm {
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
-        let mut results: HashMap<usize, Result<Fetched, SecretError>> =
+        let results: HashMap<usize, Result<Fetched, SecretError>> =
             answers.into_iter().flatten().collect();
         tracing::debug!(
             calls = self.sdk.calls(),
             parameters = requests.len(),
             "Parameter Store reads done"
         );
-        let ordered: Vec<_> = (0..requests.len())
-            .map(|i| {
-                results.remove(&i).unwrap_or_else(|| {
-                    Err(SecretError::unavailable("no answer for this parameter"))
-                })
-            })
-            .collect();
-        if let Some(Err(first)) = ordered.first() {
-            if ordered
-                .iter()
-                .all(|r| r.as_ref().is_err_and(|e| e == first))
-                && first.kind != crate::secret::ErrorKind::NotFound
-            {
-                return Err(first.clone());
-            }
-        }
-        Ok(ordered)
+        crate::backend::in_order(results, requests.len())
     }
 
     async fn get_parameters(

@@ -207,17 +207,7 @@ impl VaultBackend {
         }) {
             self.check_token(&token, deadline).await?;
         }
-        // The same outage on every path is one backend failure, not one error per variable.
-        if let Some(Err(first)) = results.first() {
-            if first.kind == crate::secret::ErrorKind::Unavailable
-                && results
-                    .iter()
-                    .all(|r| r.as_ref().is_err_and(|e| e.kind == first.kind))
-            {
-                return Err(first.clone());
-            }
-        }
-        Ok(results)
+        crate::backend::in_order(results.into_iter().enumerate().collect(), requests.len())
     }
 
     /// The Vault credentials in the environment, and those the auth method read from it.
