@@ -15,12 +15,13 @@ Examples:
   secret-run init --from-dotenv .env         start a manifest from an existing .env
 
 Exit codes: the command's own code; 128+N when signal N killed it; 64 usage; 65 secret missing
-or unusable; 69 backend unavailable; 73 cannot write (init); 77 permission denied; 78 manifest
-invalid; 126 command not executable; 127 command not found. See docs/lifecycle.md.";
+or unusable; 69 backend unavailable; 73 cannot write (init, audit log); 77 permission denied;
+78 manifest invalid; 126 command not executable; 127 command not found. See docs/lifecycle.md.";
 
 /// Run a command with its secrets in its environment, fetched from the backend the manifest
-/// (secrets.toml) names: .env and the process environment for development, mounted secret files,
-/// or an external program.
+/// (secrets.toml) names: .env and the process environment for development; Vault/OpenBao, AWS
+/// Secrets Manager, SSM Parameter Store, mounted secret files or an external program in
+/// production. SIGHUP fetches again and restarts the command when a value changed.
 #[derive(Debug, Parser)]
 #[command(
     name = "secret-run",
