@@ -6,7 +6,8 @@
 # The machine drifts over a minute (page-fault cost in a VM), so the commands are timed in
 # ROUNDS interleaved rounds of RUNS runs each, and each round's overhead is taken against the
 # bare `true` of the same round; the report gives the median of those and their range.
-# With BENCH_NO_PIE=1, the position-dependent build (scripts/build-release --no-pie) is timed too.
+# With BENCH_NO_PIE=1 and BENCH_LEAN=1, the builds of `scripts/build-release --no-pie` and
+# `--lean` are timed too.
 # Usage: bench/exec-overhead.sh [RUNS] [ROUNDS]    Results: bench/results/exec-overhead*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,10 @@ args=(-N --warmup 50 --runs "$runs" --style none
 if [ "${BENCH_NO_PIE:-}" = 1 ]; then
     nopie=$(scripts/build-release --no-pie)
     args+=(-n "secret-run --exec (no-PIE build)" "$nopie -f $work/secrets.toml --exec -- $true_bin")
+fi
+if [ "${BENCH_LEAN:-}" = 1 ]; then
+    lean=$(scripts/build-release --lean)
+    args+=(-n "secret-run --exec (lean build)" "$lean -f $work/secrets.toml --exec -- $true_bin")
 fi
 [ -x "$tools/dotenvy/bin/dotenvy" ] && args+=(-n "dotenvy CLI" "$PWD/$tools/dotenvy/bin/dotenvy -f $work/.env $true_bin")
 

@@ -8,11 +8,13 @@
 //! Dispatch is an enum rather than a trait object: the set of backends is closed, and `async fn`
 //! in an enum needs no boxing.
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod command;
 pub mod dotenv;
 pub mod env;
 pub mod file;
+#[cfg(feature = "vault")]
 pub mod vault;
 
 use std::path::PathBuf;
@@ -45,8 +47,11 @@ pub enum BackendConfig {
     Dotenv(dotenv::Config),
     File(file::Config),
     Command(command::Config),
+    #[cfg(feature = "vault")]
     Vault(Box<vault::Config>),
+    #[cfg(feature = "aws")]
     SecretsManager(Box<aws::secretsmanager::Config>),
+    #[cfg(feature = "aws")]
     Ssm(Box<aws::ssm::Config>),
 }
 
@@ -66,15 +71,22 @@ impl BackendConfig {
             "command" => typed::<command::Config>(table)
                 .and_then(|c| c.validate().map(|()| c))
                 .map(BackendConfig::Command),
+            #[cfg(feature = "vault")]
             "vault" => typed::<vault::Config>(table)
                 .and_then(|c| c.validate().map(|()| c))
                 .map(|c| BackendConfig::Vault(Box::new(c))),
+            #[cfg(feature = "aws")]
             "aws-secrets-manager" => typed::<aws::secretsmanager::Config>(table)
                 .and_then(|c| c.common.validate().map(|()| c))
                 .map(|c| BackendConfig::SecretsManager(Box::new(c))),
+            #[cfg(feature = "aws")]
             "aws-ssm" => typed::<aws::ssm::Config>(table)
                 .and_then(|c| c.common.validate().map(|()| c))
                 .map(|c| BackendConfig::Ssm(Box::new(c))),
+            #[allow(unreachable_patterns)]
+            "vault" | "aws-secrets-manager" | "aws-ssm" => Err(format!(
+                "this secret-run was built without the `{kind}` backend (cargo features `vault`, `aws`); use a full build"
+            )),
             other => Err(format!(
                 "unknown kind `{other}`{}; the kinds are: {}",
                 did_you_mean(other, KINDS.iter().copied()),
@@ -97,22 +109,29 @@ impl BackendConfig {
             BackendConfig::Dotenv(_) => "dotenv",
             BackendConfig::File(_) => "file",
             BackendConfig::Command(_) => "command",
+            #[cfg(feature = "vault")]
             BackendConfig::Vault(_) => "vault",
+            #[cfg(feature = "aws")]
             BackendConfig::SecretsManager(_) => "aws-secrets-manager",
+            #[cfg(feature = "aws")]
             BackendConfig::Ssm(_) => "aws-ssm",
         }
     }
 
     /// Refuses a `version` this backend cannot pin; `Ok` when it can.
     pub fn check_version(&self, version: &str) -> Result<(), String> {
+        let _ = version; // unused when no backend with versions is built in
         match self {
+            #[cfg(feature = "vault")]
             BackendConfig::Vault(c) => c.check_version(version),
-            BackendConfig::SecretsManager(_) | BackendConfig::Ssm(_)
-                if version.trim().is_empty() =>
-            {
-                Err("`version` cannot be empty".into())
+            #[cfg(feature = "aws")]
+            BackendConfig::SecretsManager(_) | BackendConfig::Ssm(_) => {
+                if version.trim().is_empty() {
+                    Err("`version` cannot be empty".into())
+                } else {
+                    Ok(())
+                }
             }
-            BackendConfig::SecretsManager(_) | BackendConfig::Ssm(_) => Ok(()),
             _ => Err(format!(
                 "kind {} has no versions; remove `version`",
                 self.kind()
@@ -210,8 +229,11 @@ pub enum Backend {
     Dotenv(dotenv::DotenvBackend),
     File(file::FileBackend),
     Command(command::CommandBackend),
+    #[cfg(feature = "vault")]
     Vault(Box<vault::VaultBackend>),
+    #[cfg(feature = "aws")]
     SecretsManager(Box<aws::secretsmanager::SecretsManager>),
+    #[cfg(feature = "aws")]
     Ssm(Box<aws::ssm::Ssm>),
 }
 
@@ -222,10 +244,13 @@ impl Backend {
             BackendConfig::Dotenv(c) => Backend::Dotenv(dotenv::DotenvBackend::new(c, ctx)),
             BackendConfig::File(c) => Backend::File(file::FileBackend::new(c, ctx)?),
             BackendConfig::Command(c) => Backend::Command(command::CommandBackend::new(c)),
+            #[cfg(feature = "vault")]
             BackendConfig::Vault(c) => Backend::Vault(Box::new(vault::VaultBackend::new(c, ctx)?)),
+            #[cfg(feature = "aws")]
             BackendConfig::SecretsManager(c) => {
                 Backend::SecretsManager(Box::new(aws::secretsmanager::SecretsManager::new(c)))
             }
+            #[cfg(feature = "aws")]
             BackendConfig::Ssm(c) => Backend::Ssm(Box::new(aws::ssm::Ssm::new(c))),
         })
     }
@@ -236,8 +261,11 @@ impl Backend {
             Backend::Dotenv(_) => "dotenv",
             Backend::File(_) => "file",
             Backend::Command(_) => "command",
+            #[cfg(feature = "vault")]
             Backend::Vault(_) => "vault",
+            #[cfg(feature = "aws")]
             Backend::SecretsManager(_) => "aws-secrets-manager",
+            #[cfg(feature = "aws")]
             Backend::Ssm(_) => "aws-ssm",
         }
     }
@@ -253,21 +281,21 @@ impl Backend {
             ),
             Backend::File(b) => b.dir().join(path).display().to_string(),
             Backend::Command(b) => format!("`{}`", b.program()),
+            #[cfg(feature = "vault")]
             Backend::Vault(b) => b.locate(path),
+            #[cfg(feature = "aws")]
             Backend::SecretsManager(_) => format!("secret `{path}`"),
+            #[cfg(feature = "aws")]
             Backend::Ssm(_) => format!("parameter `{path}`"),
         }
     }
 
     /// Local backends (process environment, files) answer without a network or a runtime.
     pub fn is_local(&self) -> bool {
-        match self {
-            Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => true,
-            Backend::Command(_)
-            | Backend::Vault(_)
-            | Backend::SecretsManager(_)
-            | Backend::Ssm(_) => false,
-        }
+        matches!(
+            self,
+            Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_)
+        )
     }
 
     /// Whether a local read could block indefinitely: only a `.env` that is not a regular file
@@ -276,12 +304,7 @@ impl Backend {
     pub fn may_block(&self) -> bool {
         match self {
             Backend::Dotenv(b) => b.may_block(),
-            Backend::Env(_)
-            | Backend::File(_)
-            | Backend::Command(_)
-            | Backend::Vault(_)
-            | Backend::SecretsManager(_)
-            | Backend::Ssm(_) => false,
+            _ => false,
         }
     }
 
@@ -304,8 +327,11 @@ impl Backend {
     ) -> Option<FetchResult> {
         match self {
             Backend::Command(b) => Some(Ok(b.fetch(requests, deadline).await)),
+            #[cfg(feature = "vault")]
             Backend::Vault(b) => Some(b.fetch(requests, deadline).await),
+            #[cfg(feature = "aws")]
             Backend::SecretsManager(b) => Some(b.fetch(requests, deadline).await),
+            #[cfg(feature = "aws")]
             Backend::Ssm(b) => Some(b.fetch(requests, deadline).await),
             Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => None,
         }
@@ -315,7 +341,9 @@ impl Backend {
     /// unless the manifest asks for them. None of the local backends use credentials.
     pub fn consumed_env(&self) -> Vec<String> {
         match self {
+            #[cfg(feature = "vault")]
             Backend::Vault(b) => b.consumed_env(),
+            #[allow(unreachable_patterns)]
             _ => Vec::new(),
         }
     }
@@ -323,6 +351,7 @@ impl Backend {
     /// Keeps credentials valid while a supervised child runs (renews Vault login tokens).
     /// Returns at once for backends with nothing to keep.
     pub async fn keep_alive(&self) {
+        #[cfg(feature = "vault")]
         if let Backend::Vault(b) = self {
             b.keep_alive().await;
         }

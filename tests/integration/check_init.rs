@@ -141,6 +141,8 @@ fn init_refuses_bad_dotenv_and_existing_files_changing_nothing() {
         .stderr_has("missing.env");
 }
 
+// The example declares Vault and AWS backends.
+#[cfg(all(feature = "vault", feature = "aws"))]
 #[test]
 fn example_manifest_is_valid() {
     let text =

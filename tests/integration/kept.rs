@@ -1,9 +1,14 @@
 //! A server process for the tests that never outlives them: it runs under a small shell that
 //! kills it when its stdin closes, which happens when the test process ends, however it ends.
 
+#![allow(dead_code)] // the servers are used by the vault and aws tests, which a lean build leaves out
+
 use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
 
 pub struct Kept {
     shell: Child,
@@ -64,4 +69,14 @@ pub fn free_port_pair() -> u16 {
             return port;
         }
     }
+}
+
+/// A raw HTTP/1.0 request on loopback; the status code, if any answer came.
+pub fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }

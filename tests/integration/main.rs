@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "aws")]
 mod aws;
 mod check_init;
 mod exit_codes;
@@ -10,9 +11,12 @@ mod kept;
 mod launch;
 mod local_backends;
 mod manifest_errors;
+#[cfg(feature = "aws")]
 mod moto;
 mod no_leak;
+#[cfg(feature = "vault")]
 mod openbao;
 mod rotation;
 mod support;
+#[cfg(feature = "vault")]
 mod vault;

@@ -10,8 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::kept::{Kept, free_port_pair};
-use crate::openbao::http_status;
+use crate::kept::{Kept, free_port_pair, http_status};
 
 pub struct Moto {
     pub endpoint: String,

@@ -4,12 +4,11 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use crate::kept::{Kept, free_port_pair};
+use crate::kept::{Kept, free_port_pair, http_status};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -159,14 +158,4 @@ impl Bao {
         std::fs::write(&file, hcl).expect("policy file");
         self.ok(&["policy", "write", name, file.to_str().expect("utf-8 path")]);
     }
-}
-
-/// A raw HTTP/1.0 request on loopback; the status code, if any answer came.
-pub fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }

@@ -188,6 +188,7 @@ fn sighup_with_a_changed_value_restarts_the_child_with_it() {
     assert!(!stderr.contains("CANARY"), "{stderr}");
 }
 
+#[cfg(feature = "vault")]
 #[test]
 fn sighup_picks_up_a_secret_rotated_in_openbao() {
     let bao = crate::openbao::shared();
