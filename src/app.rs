@@ -68,11 +68,26 @@ fn launch_command(
     let target = launch::find_command(command)?;
     let plan = load_plan(global)?;
     if exec_mode {
-        let vars = resolve::resolve_blocking(&plan, global.timeout)?
-            .into_complete()
-            .map_err(Error::Resolve)?;
+        // Opened only when the manifest asks for it: the common --exec path stays one file read.
+        let mut audit =
+            Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
+        let resolution = resolve::resolve_blocking(&plan, global.timeout)?;
+        audit.resolve("start", &resolution.vars);
+        let vars = match resolution.into_complete() {
+            Ok(vars) => vars,
+            Err(failure) => {
+                audit.event(
+                    "start-failed",
+                    serde_json::json!({ "error": failure.to_string() }),
+                );
+                return Err(Error::Resolve(failure));
+            }
+        };
         let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
         drop(vars);
+        // The command keeps this PID; the log (opened close-on-exec) does not follow it.
+        audit.event("exec", serde_json::json!({ "pid": std::process::id() }));
+        drop(audit);
         return Err(exec::exec(cmd, &target));
     }
     // One runtime for the resolve and the supervision: the HTTP connections a backend opened,

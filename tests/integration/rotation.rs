@@ -658,3 +658,22 @@ fn run_and_audit_errors_are_reported_before_anything_starts() {
     r.code(73).stderr_has("cannot open the audit log");
     assert!(!p.path("started").exists());
 }
+
+#[test]
+fn exec_mode_audits_the_resolve_and_the_exec() {
+    let p = project("");
+    let r = p.run(&["--exec", "--", "sh", "-c", "echo $$ > pid"]);
+    r.code(0);
+    let pid: u64 = std::fs::read_to_string(p.path("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(audit(&p, "resolve")[0]["vars"][0]["outcome"], "ok");
+    assert_eq!(audit(&p, "exec")[0]["pid"], pid);
+    assert!(
+        !std::fs::read_to_string(p.path("audit.jsonl"))
+            .unwrap()
+            .contains("CANARY")
+    );
+}
