@@ -147,3 +147,78 @@ fn argv0_and_arguments_are_passed_as_written() {
     out.code(0);
     assert_eq!(out.stdout, "zero|a b||--|-v|");
 }
+
+/// Runs secret-run (at -vv) on a pseudo-terminal (Python's pty), types Ctrl-C once, and returns
+/// what the terminal showed and how many SIGINTs the child counted.
+fn ctrl_c(extra: &[&str]) -> (String, usize) {
+    let p = project();
+    p.write(
+        "counter.py",
+        "import os, signal, time\nsignal.signal(signal.SIGINT, lambda *a: open('ints.log', 'a').write('int\\n'))\nopen('ready', 'w').close()\nwhile not os.path.exists('stop'):\n    time.sleep(0.01)\n",
+    );
+    crate::support::script(&p, "bin/counter", "exec python3 counter.py");
+    let mut argv: Vec<String> = vec![crate::support::bin().to_owned(), "-vv".to_owned()];
+    argv.extend(extra.iter().map(|s| (*s).to_owned()));
+    argv.extend(["--".to_owned(), "./bin/counter".to_owned()]);
+    let driver = format!(
+        r#"import os, pty, sys, time
+argv = {argv:?}
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+end = time.time() + 10
+while not os.path.exists("ready") and time.time() < end:
+    time.sleep(0.02)
+time.sleep(0.1)
+os.write(fd, b"\x03")
+time.sleep(0.5)
+open("stop", "w").close()
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(driver)
+        .current_dir(p.dir.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("python3");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "secret-run on the terminal:\n{shown}"
+    );
+    let ints = std::fs::read_to_string(p.path("ints.log"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    (shown, ints)
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_is_not_sent_twice() {
+    // Both are in the terminal's foreground group: the child has it from the terminal already.
+    let (shown, ints) = ctrl_c(&[]);
+    assert!(shown.contains("SIGINT came from the terminal"), "{shown}");
+    assert!(!shown.contains("forwarding"), "{shown}");
+    assert_eq!(ints, 1);
+    // In a group of its own the child does not hear the terminal: secret-run forwards it.
+    let (shown, ints) = ctrl_c(&["--process-group"]);
+    assert!(
+        shown.contains("forwarding") && shown.contains("SIGINT"),
+        "{shown}"
+    );
+    assert_eq!(ints, 1);
+}
