@@ -72,17 +72,7 @@ fn launch_command(
         let mut audit =
             Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
         let resolution = resolve::resolve_blocking(&plan, global.timeout)?;
-        audit.resolve("start", &resolution.vars);
-        let vars = match resolution.into_complete() {
-            Ok(vars) => vars,
-            Err(failure) => {
-                audit.event(
-                    "start-failed",
-                    serde_json::json!({ "error": failure.to_string() }),
-                );
-                return Err(Error::Resolve(failure));
-            }
-        };
+        let vars = audited_start(resolution, &mut audit)?;
         let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
         drop(vars);
         // The command keeps this PID; the log (opened close-on-exec) does not follow it.
@@ -97,17 +87,7 @@ fn launch_command(
         let mut audit =
             Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
         let resolution = resolve::resolve(&plan, global.timeout).await;
-        audit.resolve("start", &resolution.vars);
-        let vars = match resolution.into_complete() {
-            Ok(vars) => vars,
-            Err(failure) => {
-                audit.event(
-                    "start-failed",
-                    serde_json::json!({ "error": failure.to_string() }),
-                );
-                return Err(Error::Resolve(failure));
-            }
-        };
+        let vars = audited_start(resolution, &mut audit)?;
         let keepers: Vec<_> = plan
             .backends
             .values()
@@ -125,6 +105,21 @@ fn launch_command(
     // A local read stuck past the deadline must not hold the exit back.
     rt.shutdown_background();
     result
+}
+
+/// Records the first resolve, and why the command cannot start when it cannot.
+fn audited_start(
+    resolution: resolve::Resolution,
+    audit: &mut Audit,
+) -> Result<Vec<resolve::ResolvedVar>> {
+    audit.resolve("start", &resolution.vars);
+    resolution.into_complete().map_err(|failure| {
+        audit.event(
+            "start-failed",
+            serde_json::json!({ "error": failure.to_string() }),
+        );
+        Error::Resolve(failure)
+    })
 }
 
 pub fn load_plan(global: &Global) -> Result<plan::Plan> {
