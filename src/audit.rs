@@ -14,41 +14,44 @@ use crate::resolve::{Outcome, ResolvedVar};
 
 #[derive(Debug)]
 pub struct Audit {
-    file: Option<(PathBuf, File)>,
+    path: Option<PathBuf>,
     name: Option<String>,
+}
+
+/// Opens for appending, creating with mode 0600.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 impl Audit {
     /// Opens (creating, 0600) the log for appending; `None` writes nothing.
+    /// Checks that the log can be written before anything starts. Each record then opens the
+    /// file again, so that a log moved away by logrotate is followed by a new one.
     pub fn open(path: Option<&Path>, name: Option<&str>) -> Result<Audit, String> {
-        let file = match path {
-            None => None,
-            Some(p) => {
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)
-                    .map_err(|e| format!("cannot open the audit log {}: {e}", p.display()))?;
-                Some((p.to_path_buf(), f))
-            }
-        };
+        if let Some(p) = path {
+            open_append(p)
+                .map_err(|e| format!("cannot open the audit log {}: {e}", p.display()))?;
+        }
         Ok(Audit {
-            file,
+            path: path.map(Path::to_path_buf),
             name: name.map(str::to_owned),
         })
     }
 
     pub fn disabled() -> Audit {
         Audit {
-            file: None,
+            path: None,
             name: None,
         }
     }
 
     /// Appends one event. A failed write is logged, not fatal: the service keeps running.
     pub fn event(&mut self, event: &str, fields: Value) {
-        let Some((path, file)) = self.file.as_mut() else {
+        let Some(path) = &self.path else {
             return;
         };
         let mut record = Map::new();
@@ -68,7 +71,7 @@ impl Audit {
         let mut line = Value::Object(record).to_string();
         line.push('\n');
         // One write of the whole line: with O_APPEND, lines from concurrent writers stay whole.
-        if let Err(e) = file.write_all(line.as_bytes()) {
+        if let Err(e) = open_append(path).and_then(|mut f| f.write_all(line.as_bytes())) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write to the audit log");
         }
     }

@@ -148,6 +148,8 @@ fn sighup_with_a_changed_value_restarts_the_child_with_it() {
     wait_until("the first child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
+    // logrotate moves the log away: the next records go to a new file.
+    std::fs::rename(p.path("audit.jsonl"), p.path("audit.jsonl.1")).unwrap();
     p.write("run/token", "CANARY-rotation-v2\n");
     run.signal(Signal::SIGHUP);
     wait_until("the second child", Duration::from_secs(5), || {
@@ -170,9 +172,11 @@ fn sighup_with_a_changed_value_restarts_the_child_with_it() {
     assert_eq!(changes[0]["changed"], serde_json::json!(["TOKEN"]));
     assert_eq!(changes[0]["trigger"], "signal");
     assert_eq!(audit(&p, "restart").len(), 1);
-    for event in ["resolve", "start", "reload", "stop", "exit"] {
+    for event in ["resolve", "reload", "stop", "restart", "start", "exit"] {
         assert!(!audit(&p, event).is_empty(), "no {event} record");
     }
+    let rotated = std::fs::read_to_string(p.path("audit.jsonl.1")).unwrap();
+    assert!(rotated.contains("\"event\":\"start\"") && !rotated.contains("\"event\":\"restart\""));
     let text = std::fs::read_to_string(p.path("audit.jsonl")).unwrap();
     assert!(
         !text.contains("CANARY"),
