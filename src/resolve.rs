@@ -319,6 +319,8 @@ pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
         let name = batch.name.clone();
         let handle = tasks.spawn(async move {
             let name = batch.name.clone();
+            // Never inline here, unlike `resolve_local`: this runtime also runs the supervisor's
+            // event loop, which a read stuck on a hung filesystem must not freeze.
             let result = if batch.backend.is_local() {
                 tokio::task::spawn_blocking(move || read_local(&batch))
                     .await
