@@ -412,12 +412,7 @@ impl VaultBackend {
                     .and_then(to_seconds)
                     .map(|t| format!("created {t}")),
             )),
-            None => Err(SecretError::not_found(format!(
-                "`{}/{path}` version {} {}",
-                self.mount,
-                meta.version.unwrap_or(0),
-                meta.gone()
-            ))),
+            None => Err(meta.gone(&self.mount, path)),
         }
     }
 
@@ -451,12 +446,7 @@ impl VaultBackend {
             if m.version.is_some()
                 && (m.destroyed || !m.deletion_time.as_deref().unwrap_or("").is_empty())
             {
-                return SecretError::not_found(format!(
-                    "`{}/{path}` version {} {}",
-                    self.mount,
-                    m.version.unwrap_or(0),
-                    m.gone()
-                ));
+                return m.gone(&self.mount, path);
             }
         }
         if reply.warnings().iter().any(|w| w.contains("versioned K/V")) {
@@ -465,22 +455,13 @@ impl VaultBackend {
                 self.mount
             ));
         } else if self.kv_version.is_some() {
-            // Configured, not detected: see whether the mount disagrees.
-            let url = self
-                .http
-                .url(&["sys", "internal", "ui", "mounts", &self.mount], None);
-            if let Ok(r) = self
-                .http
-                .call(Method::GET, url, Some(token), None, deadline)
-                .await
-            {
-                if let Ok(actual) = self.parse_mount(&r) {
-                    if actual != version {
-                        msg.push_str(&format!(
-                            "; mount `{}/` is KV version {actual}: set `kv_version = {actual}` or remove `kv_version`",
-                            self.mount
-                        ));
-                    }
+            // Configured, not detected: see whether the mount disagrees (asked once per run).
+            if let Ok(actual) = self.detect_version(token, deadline).await {
+                if actual != version {
+                    msg.push_str(&format!(
+                        "; mount `{}/` is KV version {actual}: set `kv_version = {actual}` or remove `kv_version`",
+                        self.mount
+                    ));
                 }
             }
         }
@@ -498,15 +479,20 @@ struct Metadata {
 }
 
 impl Metadata {
-    fn gone(&self) -> String {
-        if self.destroyed {
+    /// The error for a version that is deleted or destroyed.
+    fn gone(&self, mount: &str, path: &str) -> SecretError {
+        let what = if self.destroyed {
             "was destroyed".to_owned()
         } else {
             format!(
                 "was deleted at {}; undelete it or pin another `version`",
                 self.deletion_time.as_deref().unwrap_or("?")
             )
-        }
+        };
+        SecretError::not_found(format!(
+            "`{mount}/{path}` version {} {what}",
+            self.version.unwrap_or(0)
+        ))
     }
 }
 
