@@ -198,6 +198,19 @@ impl Fetched {
 /// Outer error: the backend failed as a whole. Inner: one result per request, in order.
 pub type FetchResult = Result<Vec<Result<Fetched, SecretError>>, SecretError>;
 
+/// `2026-11-26T04:31:18.210226672Z` → `2026-11-26T04:31:18Z`, for `check`: the fraction of a
+/// second says nothing to a reader. `None` for an empty time.
+#[cfg_attr(not(any(feature = "vault", feature = "aws")), allow(dead_code))]
+pub fn whole_seconds(time: &str) -> Option<String> {
+    if time.is_empty() {
+        return None;
+    }
+    Some(match time.split_once('.') {
+        Some((whole, rest)) if rest.ends_with('Z') => format!("{whole}Z"),
+        _ => time.to_owned(),
+    })
+}
+
 /// Puts the results of a batch (keyed by request index, in any order) in request order, and
 /// turns one error shared by every request (no credentials, no network) into one backend
 /// failure, so that it is said once rather than once per variable.

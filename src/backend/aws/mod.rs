@@ -260,8 +260,5 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn date(d: &aws_smithy_types::DateTime) -> Option<String> {
     d.fmt(aws_smithy_types::date_time::Format::DateTime)
         .ok()
-        .map(|s| match s.split_once('.') {
-            Some((whole, _)) => format!("{whole}Z"),
-            None => s,
-        })
+        .and_then(|s| super::whole_seconds(&s))
 }

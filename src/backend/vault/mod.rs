@@ -409,7 +409,7 @@ impl VaultBackend {
                 meta.version.map(|v| v.to_string()),
                 meta.created_time
                     .as_deref()
-                    .and_then(to_seconds)
+                    .and_then(super::whole_seconds)
                     .map(|t| format!("created {t}")),
             )),
             None => Err(meta.gone(&self.mount, path)),
@@ -494,17 +494,6 @@ impl Metadata {
             self.version.unwrap_or(0)
         ))
     }
-}
-
-/// `2026-11-26T04:31:18.210226672Z` → `2026-11-26T04:31:18Z`: the nanoseconds say nothing to a reader.
-fn to_seconds(time: &str) -> Option<String> {
-    if time.is_empty() {
-        return None;
-    }
-    Some(match time.split_once('.') {
-        Some((whole, rest)) if rest.ends_with('Z') => format!("{whole}Z"),
-        _ => time.to_owned(),
-    })
 }
 
 /// A reply that means the server cannot serve now: sealed, standby, overloaded, failing.
