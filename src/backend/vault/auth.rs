@@ -207,13 +207,9 @@ impl Auth {
             return self.read_credential(file, "the Vault token");
         }
         for var in ["VAULT_TOKEN", "BAO_TOKEN"] {
-            if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-                let v = Zeroizing::new(
-                    v.into_string()
-                        .map_err(|_| SecretError::denied(format!("${var} is not valid UTF-8")))?,
-                );
+            if let Some(token) = env_credential(var, "the Vault token") {
                 tracing::debug!(source = var, "using the Vault token from the environment");
-                return Ok(SecretString::from(v.trim()));
+                return token;
             }
         }
         if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
@@ -249,17 +245,11 @@ impl Auth {
     }
 
     fn credential_from_env(&self, var: &str, what: &str) -> Result<SecretString, SecretError> {
-        match std::env::var_os(var) {
-            Some(v) if !v.is_empty() => {
-                let v = Zeroizing::new(v.into_string().map_err(|_| {
-                    SecretError::denied(format!("${var} ({what}) is not valid UTF-8"))
-                })?);
-                Ok(SecretString::from(v.trim()))
-            }
-            _ => Err(SecretError::denied(format!(
+        env_credential(var, what).unwrap_or_else(|| {
+            Err(SecretError::denied(format!(
                 "${var} ({what}) is not set or empty"
-            ))),
-        }
+            )))
+        })
     }
 
     /// The login request's mount and JSON body (which holds credentials, hence zeroized).
@@ -417,6 +407,16 @@ impl Auth {
         tracing::debug!("logged in again for a new Vault token");
         Ok(())
     }
+}
+
+/// A credential from the environment, trimmed; `None` when the variable is unset or empty.
+fn env_credential(var: &str, what: &str) -> Option<Result<SecretString, SecretError>> {
+    let v = std::env::var_os(var).filter(|v| !v.is_empty())?;
+    Some(
+        v.into_string()
+            .map(|v| SecretString::from(Zeroizing::new(v).trim()))
+            .map_err(|_| SecretError::denied(format!("${var} ({what}) is not valid UTF-8"))),
+    )
 }
 
 /// The token and lease of a login or renewal reply, or the error that explains a refusal.
