@@ -42,13 +42,6 @@ impl Audit {
         })
     }
 
-    pub fn disabled() -> Audit {
-        Audit {
-            path: None,
-            name: None,
-        }
-    }
-
     /// Appends one event. A failed write is logged, not fatal: the service keeps running.
     pub fn event(&mut self, event: &str, fields: Value) {
         let Some(path) = &self.path else {

@@ -262,7 +262,7 @@ pub fn select(value: &serde_json::Value, key: &Key) -> Result<SecretString, Secr
                 )));
             }
         },
-        Key::Pointer(ptr) => follow(value, ptr).map(|(_, found)| found),
+        Key::Pointer(ptr) => walk(value, ptr).ok(),
     };
     let Some(found) = found else {
         return Err(SecretError::not_found(format!(
@@ -325,13 +325,6 @@ fn child<'a>(node: &'a serde_json::Value, token: &str) -> Option<&'a serde_json:
         serde_json::Value::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get(i)),
         _ => None,
     }
-}
-
-fn follow<'a>(
-    root: &'a serde_json::Value,
-    ptr: &str,
-) -> Option<(String, std::borrow::Cow<'a, serde_json::Value>)> {
-    walk(root, ptr).ok().map(|n| (ptr.to_owned(), n))
 }
 
 fn json_type(v: &serde_json::Value) -> &'static str {
