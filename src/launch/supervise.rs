@@ -83,7 +83,8 @@ pub struct Supervisor<'a> {
     pending: Option<&'static str>,
     stopping: bool,
     finished: Option<u8>,
-    resolving: bool,
+    /// The runtime has children of its own right now (see `race_runtime_children`).
+    runtime_children: bool,
     reap_all: bool,
     last_restart: Option<Instant>,
     last_reload: Option<Instant>,
@@ -154,7 +155,7 @@ impl<'a> Supervisor<'a> {
             pending: None,
             stopping: false,
             finished: None,
-            resolving: false,
+            runtime_children: false,
             reap_all: pid1 || opts.subreaper,
             last_restart: None,
             last_reload: None,
@@ -244,11 +245,11 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// Collects every exit that is ours to collect. While a resolve runs, only known children
-    /// are reaped: a provider program of the `command` backend is reaped by its own runtime.
+    /// Collects every exit that is ours to collect. While the runtime has children of its own,
+    /// only known ones are reaped: a provider program or a readiness check is the runtime's.
     fn reap(&mut self) {
         let mut ended: Vec<(Pid, u8)> = Vec::new();
-        if self.reap_all && !self.resolving {
+        if self.reap_all && !self.runtime_children {
             loop {
                 match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
@@ -351,16 +352,23 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// `race` for work that starts processes of the runtime's own (a `command` provider, a
+    /// readiness program): waitpid(-1) stays off them while it runs, and the exits it left for
+    /// later are collected after.
+    async fn race_runtime_children<F: std::future::Future>(&mut self, fut: F) -> Option<F::Output> {
+        self.runtime_children = true;
+        let out = self.race(fut).await;
+        self.runtime_children = false;
+        self.reap();
+        out
+    }
+
     /// Resolves every secret again while the child keeps running.
     async fn resolve(&mut self) -> Option<resolve::Resolution> {
         let plan = self.plan;
         let timeout = self.timeout;
-        self.resolving = true;
-        let out = self.race(resolve::resolve(plan, timeout)).await;
-        self.resolving = false;
-        // Exits that arrived during the resolve and were left for later.
-        self.reap();
-        out
+        self.race_runtime_children(resolve::resolve(plan, timeout))
+            .await
     }
 
     async fn reload(&mut self, trigger: &'static str) {
@@ -538,12 +546,7 @@ impl<'a> Supervisor<'a> {
                     true
                 }
             };
-            // The readiness program is the runtime's child: keep waitpid(-1) off it meanwhile.
-            self.resolving = true;
-            let ok = self.race(attempt).await;
-            self.resolving = false;
-            self.reap();
-            match ok {
+            match self.race_runtime_children(attempt).await {
                 None => return false,
                 Some(true) => return true,
                 Some(false) => {}
