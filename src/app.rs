@@ -67,10 +67,10 @@ fn launch_command(
     // Before any secret is fetched: a typo in the command costs nothing and reveals nothing.
     let target = launch::find_command(command)?;
     let plan = load_plan(global)?;
+    // Opened only when the manifest asks for it: the common --exec path stays one file read.
+    let mut audit =
+        Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
     if exec_mode {
-        // Opened only when the manifest asks for it: the common --exec path stays one file read.
-        let mut audit =
-            Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
         let resolution = resolve::resolve_blocking(&plan, global.timeout)?;
         let vars = audited_start(resolution, &mut audit)?;
         let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
@@ -84,8 +84,6 @@ fn launch_command(
     // and the tokens it obtained, stay usable for renewal and reloads while the child runs.
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let mut audit =
-            Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
         let resolution = resolve::resolve(&plan, global.timeout).await;
         let vars = audited_start(resolution, &mut audit)?;
         let keepers: Vec<_> = plan
