@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
@@ -79,4 +79,19 @@ pub fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// A program of the test servers' virtual environment (.venv/bin, or beside $SECRET_RUN_TEST_BAO).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SECRET_RUN_TEST_BAO")
+        .map(PathBuf::from)
+        .and_then(|b| b.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin"));
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not installed: run scripts/install-test-servers (scripts/test does)",
+        bin.display()
+    );
+    bin
 }

@@ -5,32 +5,17 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::kept::{Kept, free_port_pair, http_status};
+use crate::kept::{Kept, free_port_pair, http_status, venv_bin};
 
 pub struct Moto {
     pub endpoint: String,
     pub port: u16,
     pub dir: tempfile::TempDir,
     keeper: Kept,
-}
-
-fn venv_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SECRET_RUN_TEST_BAO")
-        .map(PathBuf::from)
-        .and_then(|b| b.parent().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin"));
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is not installed: run scripts/install-test-servers (scripts/test does)",
-        bin.display()
-    );
-    bin
 }
 
 pub fn shared() -> &'static Moto {

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use crate::kept::{Kept, free_port_pair, http_status};
+use crate::kept::{Kept, free_port_pair, http_status, venv_bin};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,15 +22,7 @@ pub struct Bao {
 }
 
 pub fn bao_bin() -> PathBuf {
-    let bin = std::env::var_os("SECRET_RUN_TEST_BAO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/bao"));
-    assert!(
-        bin.exists(),
-        "OpenBao is not installed at {}: run scripts/install-test-servers (scripts/test does)",
-        bin.display()
-    );
-    bin
+    venv_bin("bao")
 }
 
 /// The server shared by every test of this run.

@@ -392,8 +392,7 @@ fn watch_picks_up_a_rotation_without_a_signal() {
 /// A TCP server in Python that shares its port (SO_REUSEPORT), answers every connection with
 /// the value, marks itself ready, and on SIGTERM stops accepting and exits.
 fn reuseport_server(p: &Project, port: u16) {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(python.exists(), "run scripts/install-test-servers");
+    let python = crate::kept::venv_bin("python");
     p.write(
         "server.py",
         &format!(
