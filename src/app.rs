@@ -30,12 +30,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             crate::init::run(&cli.global.manifest, from_dotenv.as_deref(), force)
         }
         Some(Sub::Completions { shell }) => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "secret-run",
-                &mut std::io::stdout(),
-            );
+            // Rendered into memory: clap_complete panics on a failed write to its writer.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "secret-run", &mut out);
+            write_stdout(&out)?;
             Ok(0)
         }
         Some(Sub::Man) => {
@@ -43,9 +41,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut out)
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            std::io::stdout()
-                .write_all(&out)
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            write_stdout(&out)?;
             Ok(0)
         }
         None => {
@@ -112,12 +108,17 @@ fn audited_start(
 ) -> Result<Vec<resolve::ResolvedVar>> {
     audit.resolve("start", &resolution.vars);
     resolution.into_complete().map_err(|failure| {
-        audit.event(
-            "start-failed",
-            serde_json::json!({ "error": failure.to_string() }),
-        );
+        audit.event("start-failed", crate::audit::failure(&failure));
         Error::Resolve(failure)
     })
+}
+
+/// Writes all of `bytes` to stdout; a closed or full stdout is `Error::Output` (74).
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(Error::Output)
 }
 
 pub fn load_plan(global: &Global) -> Result<plan::Plan> {

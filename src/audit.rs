@@ -1,7 +1,8 @@
 //! The audit log: one JSON object per line, appended to a file created with mode 0600, for every
 //! event of a supervised run (resolve, start, reload, restart, signal, overlap, stale-serve, stop,
-//! exit). Records name variables, backends, paths and versions; never a value, and never a hash
-//! of one (a short secret's SHA-256 can be brute-forced).
+//! exit). Records name variables, backends, paths, versions, outcomes and exit codes; never a
+//! value, never a hash of one (a short secret's SHA-256 can be brute-forced), and never an error
+//! message (a provider's stderr may print the value it failed to deliver).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use crate::resolve::{Outcome, ResolvedVar};
+use crate::resolve::{Outcome, ResolveFailure, ResolvedVar};
 
 #[derive(Debug)]
 pub struct Audit {
@@ -76,12 +77,31 @@ impl Audit {
     }
 }
 
+/// Why a resolve could not give the command its values, as the audit log records it: the exit
+/// code it means and each variable that failed with its outcome word. No message text: a
+/// provider's stderr or a server's error can carry a value, and the log promises never to.
+pub fn failure(failure: &ResolveFailure) -> Value {
+    let mut failed: Vec<Value> = failure
+        .backends
+        .iter()
+        .flat_map(|b| {
+            b.vars.iter().map(|name| {
+                json!({ "var": name.as_str(), "backend": b.backend, "outcome": b.error.kind.label() })
+            })
+        })
+        .collect();
+    failed.extend(failure.vars.iter().map(|v| {
+        json!({ "var": v.name.as_str(), "backend": v.backend, "outcome": v.error.kind.label() })
+    }));
+    json!({ "code": failure.exit_code(), "failed": failed })
+}
+
 fn describe(v: &ResolvedVar) -> Value {
-    let (outcome, error) = match &v.outcome {
-        Outcome::Value(_) => ("ok", None),
-        Outcome::Default(_) => ("default", None),
-        Outcome::Absent => ("absent", None),
-        Outcome::Failed(e) => (e.kind.label(), Some(e.message.clone())),
+    let outcome = match &v.outcome {
+        Outcome::Value(_) => "ok",
+        Outcome::Default(_) => "default",
+        Outcome::Absent => "absent",
+        Outcome::Failed(e) => e.kind.label(),
     };
     let mut m = Map::new();
     m.insert("var".into(), json!(v.name.as_str()));
@@ -91,8 +111,5 @@ fn describe(v: &ResolvedVar) -> Value {
         m.insert("version".into(), json!(version));
     }
     m.insert("outcome".into(), json!(outcome));
-    if let Some(e) = error {
-        m.insert("error".into(), json!(e));
-    }
     Value::Object(m)
 }

@@ -2,11 +2,9 @@
 //! variable (name, backend, path, outcome), never a value. Exit 0 only when every required
 //! secret resolves; otherwise the same code a launch would have failed with.
 
-use std::io::Write;
-
 use crate::app;
 use crate::cli::Global;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::resolve::{self, Outcome};
 
 struct Row {
@@ -60,22 +58,19 @@ pub fn run(global: &Global, json: bool) -> Result<u8> {
     let out = if json {
         render_json(global, &rows, code)
     } else {
-        render_table(&rows)
+        // JSON escapes control characters itself; the table is for a terminal.
+        crate::output::escape_controls(&render_table(&rows)).into_owned()
     };
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Error::Internal(format!("cannot write the report: {e}")))?;
+    app::write_stdout(out.as_bytes())?;
     if code != 0 && !json {
         let failed = rows
             .iter()
             .filter(|r| !matches!(r.status, "ok" | "default" | "absent"))
             .count();
-        eprintln!(
+        crate::output::warn_line(&format!(
             "secret-run: check failed: {failed} of {} secrets did not resolve",
             rows.len()
-        );
+        ));
     }
     Ok(code)
 }

@@ -4,11 +4,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// The longest duration accepted anywhere (timeouts, `watch`, `max_stale`): ten years. Every
+/// duration is added to a clock reading; bounding it here is what keeps that from overflowing.
+pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 pub fn parse(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))?;
     if d.is_zero() {
         return Err(format!("`{text}` is zero; a duration must be positive"));
+    }
+    if d > MAX {
+        return Err(format!(
+            "`{text}` is longer than the longest duration accepted ({})",
+            humantime::format_duration(MAX)
+        ));
     }
     Ok(d)
 }
@@ -28,5 +38,8 @@ mod tests {
         assert_eq!(super::parse("1h30m").unwrap().as_secs(), 5400);
         assert!(super::parse("0s").is_err());
         assert!(super::parse("soon").is_err());
+        assert!(super::parse("3650d").is_ok());
+        assert!(super::parse("3651d").is_err());
+        assert!(super::parse("500000000000y").is_err());
     }
 }

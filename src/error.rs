@@ -21,6 +21,9 @@ pub mod code {
     pub const SOFTWARE: u8 = 70;
     /// `init` could not write its files (exists without `--force`, or the write failed).
     pub const CANT_CREATE: u8 = 73;
+    /// secret-run's own output could not be written: stdout closed (a pipe whose reader left)
+    /// or full (`/dev/full`, a full disk).
+    pub const IO_ERROR: u8 = 74;
     /// A backend refused access (file permissions, a policy).
     pub const PERMISSION_DENIED: u8 = 77;
     /// The manifest is missing or invalid.
@@ -117,6 +120,10 @@ pub enum Error {
     #[error("{0}; fix the path or its permissions in [audit]")]
     Audit(String),
 
+    /// stdout (the report, a completion script, the man page) cannot be written.
+    #[error("cannot write to standard output: {0}")]
+    Output(std::io::Error),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -137,6 +144,7 @@ impl Error {
             Error::CommandNotFound { .. } => code::COMMAND_NOT_FOUND,
             Error::CannotExecute { .. } => code::CANNOT_EXECUTE,
             Error::AlreadyExists(_) | Error::Write { .. } | Error::Audit(_) => code::CANT_CREATE,
+            Error::Output(_) => code::IO_ERROR,
             Error::Internal(_) => code::SOFTWARE,
         }
     }
@@ -153,4 +161,87 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| format!(" (did you mean `{c}`?)"))
         .unwrap_or_default()
+}
+
+/// A manifest error's message from the TOML reader, scrubbed of the data it quotes.
+pub fn toml_message(e: &toml::de::Error) -> String {
+    scrub_deserializer_message(e.message().trim_end())
+}
+
+/// A JSON reader's error (a server's reply), scrubbed of the data it quotes.
+pub fn json_message(e: &serde_json::Error) -> String {
+    scrub_deserializer_message(&e.to_string())
+}
+
+/// A deserializer's message (serde_json, toml) without the input it quotes: serde writes the
+/// offending data into `invalid type: string "…", expected …`, and that data can be a secret
+/// (a Vault reply read with the wrong KV version, a manifest `default`). What was found is
+/// reduced to its kind (`a string`, `integer`); what was expected, and the position, stay.
+pub fn scrub_deserializer_message(msg: &str) -> String {
+    const QUOTING: &[&str] = &["invalid type: ", "invalid value: ", "unknown variant "];
+    let Some((start, prefix)) = QUOTING
+        .iter()
+        .filter_map(|p| msg.find(p).map(|i| (i, *p)))
+        .min_by_key(|(i, _)| *i)
+    else {
+        return msg.to_owned();
+    };
+    let after = start + prefix.len();
+    let head = msg[..after].trim_end();
+    // The expectation is written last, by the type being read: the found data, whatever it
+    // holds, comes before the last `, expected `.
+    match msg[after..].rfind(", expected ") {
+        Some(rel) => {
+            let found = &msg[after..after + rel];
+            let rest = &msg[after + rel..];
+            if prefix == "unknown variant " {
+                format!("{head}{rest}")
+            } else {
+                format!("{head} {}{rest}", found_kind(found))
+            }
+        }
+        None => head.trim_end_matches(':').to_owned(),
+    }
+}
+
+/// `string "x"` → `a string`, ``integer `5` `` → `integer`; a bare kind (`map`) stays.
+fn found_kind(found: &str) -> &str {
+    if found.starts_with("string ") {
+        "a string"
+    } else if let Some(i) = found.find(" `") {
+        &found[..i]
+    } else if found.contains(['"', '`', '\'']) {
+        "a value"
+    } else {
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_deserializer_message as scrub;
+
+    #[test]
+    fn deserializer_messages_lose_the_data_they_quote() {
+        assert_eq!(
+            scrub(
+                "invalid type: string \"hunter2, expected x\", expected struct Metadata at line 1 column 30"
+            ),
+            "invalid type: a string, expected struct Metadata at line 1 column 30"
+        );
+        assert_eq!(
+            scrub("invalid value: integer `-5`, expected u64"),
+            "invalid value: integer, expected u64"
+        );
+        assert_eq!(
+            scrub("unknown variant `s3cr3t`, expected one of `arg`, `stdin`"),
+            "unknown variant, expected one of `arg`, `stdin`"
+        );
+        assert_eq!(
+            scrub("invalid type: map, expected a string"),
+            "invalid type: map, expected a string"
+        );
+        assert_eq!(scrub("invalid type: string \"cut"), "invalid type");
+        assert_eq!(scrub("missing field `path`"), "missing field `path`");
+    }
 }

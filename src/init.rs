@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::{Context, dotenv};
 use crate::error::{Error, Result};
+use crate::output::warn_line;
 use crate::secret::EnvName;
 
 const TEMPLATE: &str = include_str!("../templates/secrets.toml");
@@ -39,13 +40,13 @@ pub fn run(manifest: &Path, from_dotenv: Option<&Path>, force: bool) -> Result<u
         .replace("{{backends}}\n", &backends)
         .replace("{{secrets}}\n", &secrets);
     write(manifest, &text)?;
-    eprintln!("secret-run: wrote {}", manifest.display());
+    warn_line(&format!("secret-run: wrote {}", manifest.display()));
     if let Some(names) = template {
         write(&template_path, &names)?;
-        eprintln!(
+        warn_line(&format!(
             "secret-run: wrote {} (names only, no values)",
             template_path.display()
-        );
+        ));
     }
     Ok(0)
 }

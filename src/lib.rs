@@ -22,5 +22,6 @@ pub mod init;
 pub mod launch;
 pub mod logging;
 pub mod manifest;
+pub mod output;
 pub mod resolve;
 pub mod secret;

@@ -2,11 +2,10 @@
 //! `-q` errors only, default warnings, `-v` info, `-vv` debug, `-vvv` trace; RUST_LOG overrides.
 //! Log lines name variables, backends and paths; no code path logs a value or a credential.
 
-use tracing_subscriber::EnvFilter;
-
-const CAPPED: &str = "aws_smithy_runtime=debug,aws_smithy_runtime_api=debug,aws_sigv4=debug,\
-aws_config=debug,aws_runtime=debug,aws_smithy_http_client=debug,hyper=debug,hyper_util=debug,\
-reqwest=debug,h2=debug,rustls=debug";
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 pub fn init(verbose: u8, quiet: bool) {
     // Other crates speak one level lower than secret-run itself: the AWS SDK, for one, warns at
@@ -19,23 +18,30 @@ pub fn init(verbose: u8, quiet: bool) {
         (false, 2) => "info,secret_run=debug",
         (false, _) => "trace",
     };
-    let spec = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() && EnvFilter::try_new(&spec).is_ok() => spec,
-        _ => level.to_owned(),
-    };
-    // At trace level the HTTP and AWS crates dump whole requests, headers included: an AWS
-    // session token, a signed Authorization header. They stop at debug, whatever is asked.
-    // Only where trace is asked for: added to a coarser filter, these would raise the level.
-    let filter = if spec.contains("trace") {
-        EnvFilter::new(format!("{spec},{CAPPED}"))
-    } else {
-        EnvFilter::new(spec)
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: in a log file or a pipe they are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|spec| !spec.is_empty())
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new(level));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(|| crate::output::Escaped(std::io::stderr()))
+        // No colour codes: the writer escapes every control character, ESC included, so that
+        // a name or a server's message cannot drive the terminal.
+        .with_ansi(false)
         .with_target(false)
+        .with_filter(cap());
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
         .try_init();
+}
+
+/// At trace level the HTTP and AWS crates dump whole requests, headers included: an AWS session
+/// token, a signed Authorization header. Every crate but secret-run stops at debug, whatever
+/// RUST_LOG asks and however it spells it (`TRACE`, `5`, `crate::module=trace`, span filters):
+/// this is a second filter, applied after RUST_LOG's, that no directive can widen.
+fn cap() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::DEBUG)
+        .with_target("secret_run", LevelFilter::TRACE)
 }

@@ -6,23 +6,29 @@ use std::process::ExitCode;
 use clap::Parser;
 use secret_run::cli::Cli;
 use secret_run::error::code;
+use secret_run::output::warn_line;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { code::USAGE } else { 0 });
+            // --help and --version go to stdout: a stdout that cannot take them is an I/O error.
+            let printed = e.print();
+            return ExitCode::from(match (e.use_stderr(), printed) {
+                (true, _) => code::USAGE,
+                (false, Ok(())) => 0,
+                (false, Err(_)) => code::IO_ERROR,
+            });
         }
     };
     secret_run::logging::init(cli.global.verbose, cli.global.quiet);
     match secret_run::app::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("secret-run: error: {err}");
+            warn_line(&format!("secret-run: error: {err}"));
             let mut source = std::error::Error::source(&err);
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                warn_line(&format!("  caused by: {cause}"));
                 source = cause.source();
             }
             ExitCode::from(err.exit_code())

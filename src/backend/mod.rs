@@ -58,7 +58,7 @@ pub enum BackendConfig {
 fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, String> {
     toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| e.message().trim_end().to_owned())
+        .map_err(|e: toml::de::Error| crate::error::toml_message(&e))
 }
 
 impl BackendConfig {

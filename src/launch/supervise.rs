@@ -389,7 +389,10 @@ impl<'a> Supervisor<'a> {
                 let age = self.confirmed.elapsed();
                 self.audit.event(
                     "reload",
-                    json!({ "trigger": trigger, "outcome": "failed", "error": failure.to_string(), "values_age_s": age.as_secs() }),
+                    with_fields(
+                        crate::audit::failure(&failure),
+                        json!({ "trigger": trigger, "outcome": "failed", "values_age_s": age.as_secs() }),
+                    ),
                 );
                 if age > self.plan.run.max_stale {
                     tracing::error!(
@@ -611,7 +614,10 @@ impl<'a> Supervisor<'a> {
                     );
                     self.audit.event(
                         "stale-refused",
-                        json!({ "values_age_s": age.as_secs(), "error": failure.to_string() }),
+                        with_fields(
+                            crate::audit::failure(&failure),
+                            json!({ "values_age_s": age.as_secs() }),
+                        ),
                     );
                     self.failures += 1;
                     self.restart_due = Some(Instant::now() + backoff(self.failures));
@@ -623,7 +629,10 @@ impl<'a> Supervisor<'a> {
                 );
                 self.audit.event(
                     "stale-serve",
-                    json!({ "values_age_s": age.as_secs(), "error": failure.to_string() }),
+                    with_fields(
+                        crate::audit::failure(&failure),
+                        json!({ "values_age_s": age.as_secs() }),
+                    ),
                 );
             }
         }
@@ -701,6 +710,14 @@ fn changed(old: &[ResolvedVar], new: &[ResolvedVar]) -> Vec<String> {
             .map(|k| (*k).to_owned()),
     );
     names
+}
+
+/// `base` with the fields of `more` added (both JSON objects).
+fn with_fields(mut base: serde_json::Value, more: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), serde_json::Value::Object(m)) = (base.as_object_mut(), more) {
+        b.extend(m);
+    }
+    base
 }
 
 fn exit_fields(pid: Pid, code: u8) -> serde_json::Value {

@@ -184,7 +184,7 @@ pub fn parse(source: Source) -> Result<Manifest> {
         Ok(raw) => raw,
         Err(e) => {
             let offset = e.span().map(|s| s.start);
-            let mut message = e.message().trim_end().to_owned();
+            let mut message = crate::error::toml_message(&e);
             if message.starts_with("unknown field") {
                 message.push_str(" (at the top level)");
             }
@@ -263,32 +263,31 @@ pub fn parse(source: Source) -> Result<Manifest> {
                     run
                 }
                 Err(e) => {
-                    problems.push(
-                        source
-                            .problem_at(Some(offset), format!("[run]: {}", e.message().trim_end())),
-                    );
+                    problems.push(source.problem_at(
+                        Some(offset),
+                        format!("[run]: {}", crate::error::toml_message(&e)),
+                    ));
                     run::RunConfig::default()
                 }
             }
         }
     };
-    let audit =
-        match raw.audit {
-            None => None,
-            Some(value) => {
-                let offset = value.span().start;
-                match value.into_inner().try_into::<run::AuditConfig>() {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        problems.push(source.problem_at(
-                            Some(offset),
-                            format!("[audit]: {}", e.message().trim_end()),
-                        ));
-                        None
-                    }
+    let audit = match raw.audit {
+        None => None,
+        Some(value) => {
+            let offset = value.span().start;
+            match value.into_inner().try_into::<run::AuditConfig>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    problems.push(source.problem_at(
+                        Some(offset),
+                        format!("[audit]: {}", crate::error::toml_message(&e)),
+                    ));
+                    None
                 }
             }
-        };
+        }
+    };
 
     if !problems.is_empty() {
         return Err(Error::Config(ConfigErrors(problems)));
@@ -367,7 +366,7 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
         toml::Value::Table(table) => match toml::Value::Table(table).try_into::<RawEntry>() {
             Ok(raw) => Some(raw),
             Err(e) => {
-                problems.push(e.message().trim_end().to_owned());
+                problems.push(crate::error::toml_message(&e));
                 None
             }
         },
@@ -403,6 +402,15 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
                 .into(),
         );
     }
+    let default = raw.default.map(SecretString::from);
+    // A default becomes a value like any fetched one: the same checks, found here rather than
+    // when the command is started.
+    if let Some(Err(e)) = default
+        .as_ref()
+        .map(|d| crate::secret::check_env_value(&name, d))
+    {
+        problems.push(format!("`default`: {e}"));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -413,15 +421,15 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
         path: raw.path,
         key: raw.key.as_deref().map(Key::parse),
         version,
-        optional: raw.optional.unwrap_or(false) || raw.default.is_some(),
-        default: raw.default.map(SecretString::from),
+        optional: raw.optional.unwrap_or(false) || default.is_some(),
+        default,
     })
 }
 
 fn parse_env(value: toml::Value) -> Result<EnvPolicy, Vec<String>> {
     let raw: RawEnv = value
         .try_into()
-        .map_err(|e: toml::de::Error| vec![e.message().trim_end().to_owned()])?;
+        .map_err(|e: toml::de::Error| vec![crate::error::toml_message(&e)])?;
     let mut problems = Vec::new();
     let inherit = match raw.inherit {
         None | Some(toml::Value::Boolean(true)) => Inherit::All,

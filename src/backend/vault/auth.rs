@@ -436,7 +436,10 @@ fn session_from(reply: &Reply, what: &str) -> Result<Session, SecretError> {
     let status = reply.status;
     if status.is_success() {
         let parsed: Body = serde_json::from_slice(&reply.body).map_err(|e| {
-            SecretError::unavailable(format!("{what}: the reply is not what Vault sends ({e})"))
+            SecretError::unavailable(format!(
+                "{what}: the reply is not what Vault sends ({})",
+                crate::error::json_message(&e)
+            ))
         })?;
         let auth = parsed
             .auth
@@ -446,7 +449,9 @@ fn session_from(reply: &Reply, what: &str) -> Result<Session, SecretError> {
             token: SecretString::from(token.as_str()),
             lease: Some(Lease {
                 obtained: Instant::now(),
-                ttl: Duration::from_secs(auth.lease_duration),
+                // A server's TTL is bounded like any configured duration: it is added to clock
+                // readings, and a huge one would overflow them.
+                ttl: Duration::from_secs(auth.lease_duration).min(crate::duration::MAX),
                 renewable: auth.renewable,
             }),
         });

@@ -291,7 +291,8 @@ impl VaultBackend {
             200 => {
                 let body: Body = serde_json::from_slice(&reply.body).map_err(|e| {
                     SecretError::unavailable(format!(
-                        "unexpected reply describing mount `{mount}/` ({e})"
+                        "unexpected reply describing mount `{mount}/` ({})",
+                        crate::error::json_message(&e)
                     ))
                 })?;
                 let m = body.data.ok_or_else(|| {
@@ -387,7 +388,10 @@ impl VaultBackend {
             metadata: Option<Metadata>,
         }
         let malformed = |e: serde_json::Error| {
-            SecretError::unavailable(format!("unexpected reply reading `{api_path}` ({e})"))
+            SecretError::unavailable(format!(
+                "unexpected reply reading `{api_path}` ({}); if the mount is KV version 1, set `kv_version = 1`",
+                crate::error::json_message(&e)
+            ))
         };
         // Borrowed straight from the (zeroized) body: the fields' JSON is copied once, into
         // the SecretString, and nowhere else.
