@@ -7,6 +7,7 @@ use clap::CommandFactory;
 use crate::audit::Audit;
 use crate::cli::{Cli, Global, Sub};
 use crate::error::{Error, Result};
+use crate::interrupt::Interrupts;
 use crate::launch::{self, exec, supervise};
 use crate::manifest::{self, plan};
 use crate::resolve;
@@ -25,10 +26,16 @@ pub fn run(cli: Cli) -> Result<u8> {
         ));
     }
     match cli.sub {
-        Some(Sub::Check { json }) => crate::check::run(&cli.global, json),
-        Some(Sub::Init { from_dotenv, force }) => {
-            crate::init::run(&cli.global.manifest, from_dotenv.as_deref(), force)
+        Some(Sub::Check { json }) => {
+            let interrupts = Interrupts::block().map_err(Error::Internal)?;
+            crate::check::run(&cli.global, json, &interrupts)
         }
+        Some(Sub::Init { from_dotenv, force }) => crate::init::run(
+            &cli.global.manifest,
+            from_dotenv.as_deref(),
+            force,
+            deadline(&cli.global),
+        ),
         Some(Sub::Completions { shell }) => {
             // Rendered into memory: clap_complete panics on a failed write to its writer.
             let mut out = Vec::new();
@@ -62,25 +69,43 @@ fn launch_command(
 ) -> Result<u8> {
     // Before any secret is fetched: a typo in the command costs nothing and reveals nothing.
     let target = launch::find_command(command)?;
+    // Before anything is read: a signal from now on is heard (see `interrupt`).
+    let interrupts = if exec_mode {
+        Some(Interrupts::block().map_err(Error::Internal)?)
+    } else {
+        None
+    };
     let plan = load_plan(global)?;
     // Opened only when the manifest asks for it: the common --exec path stays one file read.
     let mut audit =
         Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
-    if exec_mode {
-        let resolution = resolve::resolve_blocking(&plan, global.timeout)?;
+    if let Some(interrupts) = interrupts {
+        let resolution = resolve::resolve_blocking(&plan, global.timeout, &interrupts)
+            .inspect_err(|e| audit_interrupted(e, &mut audit))?;
         let vars = audited_start(resolution, &mut audit)?;
+        // The command must not inherit blocked signals.
+        drop(interrupts);
         let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
         drop(vars);
         // The command keeps this PID; the log (opened close-on-exec) does not follow it.
         audit.event("exec", serde_json::json!({ "pid": std::process::id() }));
         drop(audit);
+        // Still non-dumpable until the execve, which makes the command dumpable again.
+        crate::protect::restore_core_limit()
+            .map_err(|e| Error::Internal(format!("cannot restore the core-file limit: {e}")))?;
         return Err(exec::exec(cmd, &target));
     }
     // One runtime for the resolve and the supervision: the HTTP connections a backend opened,
     // and the tokens it obtained, stay usable for renewal and reloads while the child runs.
     let rt = runtime()?;
     let result = rt.block_on(async {
-        let resolution = resolve::resolve(&plan, global.timeout).await;
+        // Handlers first: a signal during the first resolve is not lost, and does not end
+        // secret-run by its default action with a provider still running.
+        let mut signals = supervise::Signals::install(&plan)?;
+        let (resolution, reload_asked) = signals
+            .during_start(resolve::resolve(&plan, global.timeout), &plan)
+            .await
+            .inspect_err(|e| audit_interrupted(e, &mut audit))?;
         let vars = audited_start(resolution, &mut audit)?;
         let keepers: Vec<_> = plan
             .backends
@@ -90,8 +115,13 @@ fn launch_command(
                 tokio::spawn(async move { b.keep_alive().await })
             })
             .collect();
-        let supervisor =
-            supervise::Supervisor::new(&plan, &target, vars, audit, global.timeout, opts)?;
+        let start = supervise::Start {
+            values: vars,
+            audit,
+            signals,
+            reload_asked,
+        };
+        let supervisor = supervise::Supervisor::new(&plan, &target, start, global.timeout, opts)?;
         let code = supervisor.run().await;
         keepers.iter().for_each(tokio::task::JoinHandle::abort);
         code
@@ -99,6 +129,16 @@ fn launch_command(
     // A local read stuck past the deadline must not hold the exit back.
     rt.shutdown_background();
     result
+}
+
+/// Records a start abandoned to a signal.
+fn audit_interrupted(e: &Error, audit: &mut Audit) {
+    if let Error::Interrupted(sig) = e {
+        audit.event(
+            "start-failed",
+            serde_json::json!({ "signal": sig.as_str(), "code": e.exit_code() }),
+        );
+    }
 }
 
 /// Records the first resolve, and why the command cannot start when it cannot.
@@ -121,8 +161,13 @@ pub fn write_stdout(bytes: &[u8]) -> Result<()> {
         .map_err(Error::Output)
 }
 
+/// When reading the manifest must give up: `--timeout` from now.
+pub fn deadline(global: &Global) -> std::time::Instant {
+    std::time::Instant::now() + global.timeout
+}
+
 pub fn load_plan(global: &Global) -> Result<plan::Plan> {
-    let manifest = manifest::load(&global.manifest)?;
+    let manifest = manifest::load(&global.manifest, deadline(global))?;
     let opts = plan::PlanOptions {
         backend_override: global.backend.clone().filter(|b| !b.is_empty()),
         env_name: global.env_name.clone().filter(|e| !e.is_empty()),

@@ -17,15 +17,54 @@ use crate::resolve::{Outcome, ResolveFailure, ResolvedVar};
 pub struct Audit {
     path: Option<PathBuf>,
     name: Option<String>,
+    /// Set by `in_background`: records go to a writer thread, in order.
+    writer: Option<Writer>,
 }
 
-/// Opens for appending, creating with mode 0600.
+#[derive(Debug)]
+struct Writer {
+    lines: std::sync::mpsc::Sender<String>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// How long an ending run waits for its last records to reach a slow log.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens for appending, creating with mode 0600. Never through a symlink (O_NOFOLLOW), never
+/// waiting (O_NONBLOCK: a FIFO without a reader fails at once instead of hanging), and only a
+/// regular file is accepted; one that others can read or write is made 0600 again.
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    use std::os::unix::fs::PermissionsExt;
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
         .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                std::io::Error::other("it is a symlink; name the file itself")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "it is not a regular file (a FIFO, a device?); name a plain file",
+        ));
+    }
+    if meta.permissions().mode() & 0o7777 != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
+fn append(path: &Path, line: &str) {
+    // One write of the whole line: with O_APPEND, lines from concurrent writers stay whole.
+    if let Err(e) = open_append(path).and_then(|mut f| f.write_all(line.as_bytes())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write to the audit log");
+    }
 }
 
 impl Audit {
@@ -40,7 +79,32 @@ impl Audit {
         Ok(Audit {
             path: path.map(Path::to_path_buf),
             name: name.map(str::to_owned),
+            writer: None,
         })
+    }
+
+    /// From now on records are written by a thread of their own: the supervisor's event loop
+    /// (signals, reaping) never waits on the log's filesystem.
+    pub fn in_background(&mut self) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let (lines, rx) = std::sync::mpsc::channel::<String>();
+        let (finished, done) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || {
+                for line in rx {
+                    append(&path, &line);
+                }
+                let _ = finished.send(());
+            });
+        match spawned {
+            Ok(_) => self.writer = Some(Writer { lines, done }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the audit log's writer; writing inline")
+            }
+        }
     }
 
     /// Appends one event. A failed write is logged, not fatal: the service keeps running.
@@ -64,9 +128,13 @@ impl Audit {
         }
         let mut line = Value::Object(record).to_string();
         line.push('\n');
-        // One write of the whole line: with O_APPEND, lines from concurrent writers stay whole.
-        if let Err(e) = open_append(path).and_then(|mut f| f.write_all(line.as_bytes())) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write to the audit log");
+        match &self.writer {
+            Some(w) => {
+                if let Err(unsent) = w.lines.send(line) {
+                    append(path, &unsent.0);
+                }
+            }
+            None => append(path, &line),
         }
     }
 
@@ -112,4 +180,15 @@ fn describe(v: &ResolvedVar) -> Value {
     }
     m.insert("outcome".into(), json!(outcome));
     Value::Object(m)
+}
+
+impl Drop for Audit {
+    /// The last records (stop, exit) are written before secret-run exits, unless the log's
+    /// filesystem hangs: then the exit is not held back longer than `FLUSH_WAIT`.
+    fn drop(&mut self) {
+        if let Some(Writer { lines, done }) = self.writer.take() {
+            drop(lines);
+            let _ = done.recv_timeout(FLUSH_WAIT);
+        }
+    }
 }

@@ -5,6 +5,7 @@
 use crate::app;
 use crate::cli::Global;
 use crate::error::Result;
+use crate::interrupt::Interrupts;
 use crate::resolve::{self, Outcome};
 
 struct Row {
@@ -20,9 +21,9 @@ struct Row {
     detail: Option<String>,
 }
 
-pub fn run(global: &Global, json: bool) -> Result<u8> {
+pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
     let plan = app::load_plan(global)?;
-    let resolution = resolve::resolve_blocking(&plan, global.timeout)?;
+    let resolution = resolve::resolve_blocking(&plan, global.timeout, interrupts)?;
     let rows: Vec<Row> = plan
         .vars
         .iter()

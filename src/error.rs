@@ -120,6 +120,10 @@ pub enum Error {
     #[error("{0}; fix the path or its permissions in [audit]")]
     Audit(String),
 
+    /// A terminating signal arrived before the command was started.
+    #[error("stopped by {0} before the command started; nothing was started")]
+    Interrupted(nix::sys::signal::Signal),
+
     /// stdout (the report, a completion script, the man page) cannot be written.
     #[error("cannot write to standard output: {0}")]
     Output(std::io::Error),
@@ -145,6 +149,8 @@ impl Error {
             Error::CannotExecute { .. } => code::CANNOT_EXECUTE,
             Error::AlreadyExists(_) | Error::Write { .. } | Error::Audit(_) => code::CANT_CREATE,
             Error::Output(_) => code::IO_ERROR,
+            // As if the signal had ended secret-run, which is what the caller asked for.
+            Error::Interrupted(sig) => 128u8.saturating_add(*sig as u8),
             Error::Internal(_) => code::SOFTWARE,
         }
     }

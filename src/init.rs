@@ -12,7 +12,12 @@ use crate::secret::EnvName;
 const TEMPLATE: &str = include_str!("../templates/secrets.toml");
 const TEMPLATE_FILE: &str = ".env.template";
 
-pub fn run(manifest: &Path, from_dotenv: Option<&Path>, force: bool) -> Result<u8> {
+pub fn run(
+    manifest: &Path,
+    from_dotenv: Option<&Path>,
+    force: bool,
+    deadline: std::time::Instant,
+) -> Result<u8> {
     let dir = match manifest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -23,7 +28,7 @@ pub fn run(manifest: &Path, from_dotenv: Option<&Path>, force: bool) -> Result<u
             "DATABASE_URL = \"database/url\"\n".to_owned(),
             None,
         ),
-        Some(file) => from_env_file(file, &dir)?,
+        Some(file) => from_env_file(file, &dir, deadline)?,
     };
     let template_path = dir.join(TEMPLATE_FILE);
     // Refuse before writing anything, so that a refusal changes nothing.
@@ -31,7 +36,8 @@ pub fn run(manifest: &Path, from_dotenv: Option<&Path>, force: bool) -> Result<u
         for path in
             std::iter::once(manifest).chain(template.as_ref().map(|_| template_path.as_path()))
         {
-            if path.exists() {
+            // A symlink counts, dangling or not: it is never written through.
+            if path.symlink_metadata().is_ok() {
                 return Err(Error::AlreadyExists(path.to_path_buf()));
             }
         }
@@ -39,10 +45,10 @@ pub fn run(manifest: &Path, from_dotenv: Option<&Path>, force: bool) -> Result<u
     let text = TEMPLATE
         .replace("{{backends}}\n", &backends)
         .replace("{{secrets}}\n", &secrets);
-    write(manifest, &text)?;
+    write(manifest, &text, force)?;
     warn_line(&format!("secret-run: wrote {}", manifest.display()));
     if let Some(names) = template {
-        write(&template_path, &names)?;
+        write(&template_path, &names, force)?;
         warn_line(&format!(
             "secret-run: wrote {} (names only, no values)",
             template_path.display()
@@ -51,16 +57,49 @@ pub fn run(manifest: &Path, from_dotenv: Option<&Path>, force: bool) -> Result<u
     Ok(0)
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| Error::Write {
+/// Writes a new file, never through a symlink: without `force` the name must be free
+/// (O_EXCL); with it, a file written beside it replaces the name (a symlink itself, not what
+/// it points to).
+fn write(path: &Path, text: &str, force: bool) -> Result<()> {
+    use std::io::Write;
+    let failed = |source| Error::Write {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let create = |at: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(at)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+    };
+    if !force {
+        return create(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::AlreadyExists(path.to_path_buf())
+            } else {
+                failed(e)
+            }
+        });
+    }
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".secret-run-{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    create(&temp)
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            failed(e)
+        })
 }
 
-/// Entries for every key of `file` (path = the key in lower case, which the built-in rule maps
-/// back to the same name), and the text of `.env.template`.
-fn from_env_file(file: &Path, dir: &Path) -> Result<(String, String, Option<String>)> {
+/// Entries for every key of `file` (each with a path that reads that very key back, see
+/// `path_for`), and the text of `.env.template`.
+fn from_env_file(
+    file: &Path,
+    dir: &Path,
+    deadline: std::time::Instant,
+) -> Result<(String, String, Option<String>)> {
     let reader = dotenv::DotenvBackend::new(
         &dotenv::Config {
             path: Some(file.to_path_buf()),
@@ -70,7 +109,7 @@ fn from_env_file(file: &Path, dir: &Path) -> Result<(String, String, Option<Stri
         },
     );
     let entries = reader
-        .read_ordered()
+        .read_ordered(deadline)
         .map_err(|e| Error::Init(format!("cannot use {}: {e}", file.display())))?;
     let mut names: Vec<String> = Vec::new();
     for (name, _value) in entries {
@@ -95,7 +134,7 @@ fn from_env_file(file: &Path, dir: &Path) -> Result<(String, String, Option<Stri
          # Copy to .env and fill in for local development. Never commit the copy.\n",
     );
     for name in &names {
-        secrets.push_str(&format!("{name} = \"{}\"\n", name.to_ascii_lowercase()));
+        secrets.push_str(&format!("{name} = \"{}\"\n", path_for(name, &names)));
         template.push_str(&format!("{name}=\n"));
     }
     // The built-in `dotenv` backend reads `.env` beside the manifest; point it elsewhere if needed.
@@ -111,6 +150,18 @@ fn from_env_file(file: &Path, dir: &Path) -> Result<(String, String, Option<Stri
         )
     };
     Ok((backends, secrets, Some(template)))
+}
+
+/// The path that reads `key` back from its file: the key in lower case when the built-in rule
+/// maps that back to the key and no other key is spelled so; otherwise the key itself, which
+/// the `dotenv` backend looks up as it is (`db_password`, `Api_Key`).
+fn path_for(key: &str, keys: &[String]) -> String {
+    let lower = key.to_ascii_lowercase();
+    if crate::secret::path_to_var(&lower) == key && !keys.iter().any(|k| *k == lower) {
+        lower
+    } else {
+        key.to_owned()
+    }
 }
 
 fn toml_string(s: &str) -> String {

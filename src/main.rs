@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         }
     };
     secret_run::logging::init(cli.global.verbose, cli.global.quiet);
+    if let Err(e) = secret_run::protect::lock_down() {
+        warn_line(&format!("secret-run: error: {e}"));
+        return ExitCode::from(code::SOFTWARE);
+    }
     match secret_run::app::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

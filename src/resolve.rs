@@ -11,7 +11,12 @@ use secrecy::SecretString;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use std::os::fd::AsFd;
+
 use crate::backend::{Backend, Fetched, Request};
+use crate::error::Error;
+use crate::interrupt::Interrupts;
 use crate::manifest::plan::{Plan, PlannedVar};
 use crate::secret::{self, EnvName, ErrorKind, SecretError};
 
@@ -190,21 +195,59 @@ fn batches(plan: &Plan) -> Vec<Batch> {
         .collect()
 }
 
-/// Resolves every variable of the plan within `timeout`, outside any async context. When every
+/// Resolves every variable of the plan within `timeout`, outside any async context, giving up
+/// at the first terminating signal (`Error::Interrupted`; providers are killed). When every
 /// backend in use is local (the usual `--exec` case) no runtime is started: it would be most of
 /// secret-run's start-up cost.
-pub fn resolve_blocking(plan: &Plan, timeout: Duration) -> Result<Resolution, crate::error::Error> {
+pub fn resolve_blocking(
+    plan: &Plan,
+    timeout: Duration,
+    interrupts: &Interrupts,
+) -> Result<Resolution, Error> {
     if plan.backends.values().all(|b| b.is_local()) {
-        return Ok(resolve_local(plan, timeout));
+        return resolve_local(plan, timeout, interrupts);
     }
     let rt = crate::app::runtime()?;
-    let resolution = rt.block_on(resolve(plan, timeout));
-    // A read stuck past the deadline must not hold the exit back.
+    let outcome = rt.block_on(async {
+        // Watched from a blocking thread: the runtime is shut down without waiting for it.
+        let watched = interrupts
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::Internal(format!("cannot watch for signals: {e}")))?;
+        let interrupted = async {
+            loop {
+                let Ok(fd) = watched.try_clone() else {
+                    return std::future::pending().await;
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                    while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+                })
+                .await;
+                if let Some(sig) = interrupts.take() {
+                    return sig;
+                }
+            }
+        };
+        tokio::select! {
+            resolution = resolve(plan, timeout) => Ok(resolution),
+            sig = interrupted => Err(Error::Interrupted(sig)),
+        }
+    });
+    // A read stuck past the deadline must not hold the exit back; dropping the unfinished
+    // reads kills the provider programs still running, and their process groups.
     rt.shutdown_background();
-    Ok(resolution)
+    outcome
 }
 
-fn resolve_local(plan: &Plan, timeout: Duration) -> Resolution {
+/// The local reads, on a thread of their own: a read can block (a file on a hung network
+/// filesystem), and the deadline and the signals must still be heard.
+fn resolve_local(
+    plan: &Plan,
+    timeout: Duration,
+    interrupts: &Interrupts,
+) -> Result<Resolution, Error> {
+    use std::io::{Read, Write};
     let started = std::time::Instant::now();
     let deadline = started + timeout;
     let batches = batches(plan);
@@ -214,50 +257,60 @@ fn resolve_local(plan: &Plan, timeout: Duration) -> Resolution {
         backends = names.len(),
         "resolving (local backends)"
     );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut wake, mut woken) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| Error::Internal(format!("cannot set up the reads: {e}")))?;
+    let reader = move || {
+        for b in batches {
+            let result = read_local(&b, deadline);
+            if tx.send((b.name, result)).is_err() || wake.write_all(b"r").is_err() {
+                break;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("local-reads".into())
+        .spawn(reader)
+        .map_err(|e| Error::Internal(format!("cannot start a thread for the reads: {e}")))?;
     let mut results = Results::new();
-    if !batches.iter().any(|b| b.backend.may_block()) {
-        // Nothing here can block: reading inline avoids a thread hand-off, about 0.2 ms of --exec.
-        for b in &batches {
-            results.insert(b.name.clone(), read_local(b));
+    while results.len() < names.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [
+            PollFd::new(woken.as_fd(), PollFlags::POLLIN),
+            PollFd::new(interrupts.fd(), PollFlags::POLLIN),
+        ];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::Internal(format!("cannot wait for the reads: {e}"))),
         }
-    } else {
-        // A read that may block forever runs on a thread of its own, so that the deadline holds.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = move || {
-            for b in batches {
-                let result = read_local(&b);
-                if tx.send((b.name, result)).is_err() {
-                    break;
-                }
-            }
-        };
-        if let Err(e) = std::thread::Builder::new()
-            .name("local-reads".into())
-            .spawn(reader)
-        {
-            tracing::warn!(error = %e, "cannot start a thread for the reads");
+        if let Some(sig) = interrupts.take() {
+            return Err(Error::Interrupted(sig));
         }
-        while results.len() < names.len() {
-            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                Ok((name, result)) => {
-                    results.insert(name, result);
-                }
-                Err(_) => break,
-            }
+        let mut byte = [0u8; 1];
+        if woken.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        if let Ok((name, result)) = rx.try_recv() {
+            results.insert(name, result);
         }
     }
     tracing::debug!(
         elapsed_us = started.elapsed().as_micros() as u64,
         "reads finished"
     );
-    assemble(plan, results, &names, timeout)
+    Ok(assemble(plan, results, &names, timeout))
 }
 
-fn read_local(b: &Batch) -> Result<BackendResults, SecretError> {
+fn read_local(b: &Batch, deadline: std::time::Instant) -> Result<BackendResults, SecretError> {
     let started = std::time::Instant::now();
     let result = b
         .backend
-        .fetch_local(&b.requests)
+        .fetch_local(&b.requests, deadline)
         .unwrap_or_else(|| Err(bug("a remote backend was read as local")));
     log_answer(b, started.elapsed(), result.is_ok());
     pair(&b.requests, result)
@@ -322,7 +375,8 @@ pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
             // Never inline here, unlike `resolve_local`: this runtime also runs the supervisor's
             // event loop, which a read stuck on a hung filesystem must not freeze.
             let result = if batch.backend.is_local() {
-                tokio::task::spawn_blocking(move || read_local(&batch))
+                let until = deadline.into_std();
+                tokio::task::spawn_blocking(move || read_local(&batch, until))
                     .await
                     .unwrap_or_else(|_| Err(bug("a local read failed unexpectedly")))
             } else {

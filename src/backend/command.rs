@@ -10,17 +10,19 @@
 //! timeout = "30s"    # per run; the program is killed when it is exceeded
 //! ```
 //!
-//! The program runs once per distinct path, several at a time. Its stdout is the value (one
-//! trailing newline stripped); with `key` it must print a JSON object. A non-zero exit is an error
-//! that shows the program's stderr.
+//! The program runs once per distinct path, several at a time, in a process group of its own
+//! (killed whole on timeout). Its stdout is the value (one trailing newline stripped, at most
+//! 1 MiB); with `key` it must print a JSON object. A non-zero exit is an error that shows the
+//! start of the program's stderr (on the terminal; never in the audit log).
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use nix::unistd::Pid;
 use secrecy::zeroize::Zeroizing;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::{Fetched, Request};
@@ -31,6 +33,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const CONCURRENCY: usize = 8;
 /// What of the program's stderr is shown in an error.
 const STDERR_SHOWN: usize = 2000;
+/// The most a provider may print on stdout: a value, or a JSON object of fields for `key`.
+pub const MAX_STDOUT: usize = 1 << 20;
+/// What of a provider's stderr is kept (the rest is read and dropped).
+const MAX_STDERR: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,7 +128,9 @@ impl CommandBackend {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // Dropping the future on timeout drops the child, which kills it.
+            // A group of its own: whatever it starts is killed with it (see `Group`), and a
+            // terminal's Ctrl-C reaches secret-run, which decides, rather than the provider.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| {
             SecretError::unavailable(format!(
@@ -134,13 +142,14 @@ impl CommandBackend {
                 }
             ))
         })?;
+        let mut group = Group(child.id().map(|id| Pid::from_raw(id as i32)));
         if let Some(mut stdin) = child.stdin.take() {
             // A program that exits without reading its stdin is not an error here; its exit status says.
             let _ = stdin.write_all(format!("{path}\n").as_bytes()).await;
         }
         let own_limit = Instant::now() + self.timeout;
         let limit = deadline.min(own_limit);
-        let output = match tokio::time::timeout_at(limit, child.wait_with_output()).await {
+        let output = match tokio::time::timeout_at(limit, collect(&mut child)).await {
             Err(_) if limit < own_limit => {
                 return Err(SecretError::unavailable(format!(
                     "the resolve deadline ran out while `{program}` was running; it was killed"
@@ -152,17 +161,28 @@ impl CommandBackend {
                     humantime::format_duration(self.timeout)
                 )));
             }
-            Ok(Err(e)) => return Err(SecretError::unavailable(format!("`{program}` failed: {e}"))),
+            Ok(Err(Collect::TooLarge)) => {
+                return Err(SecretError::invalid(format!(
+                    "`{program}` printed more than {MAX_STDOUT} bytes on stdout; it was killed (a value is at most {} bytes)",
+                    crate::secret::MAX_ENV_STRING
+                )));
+            }
+            Ok(Err(Collect::Io(e))) => {
+                return Err(SecretError::unavailable(format!("`{program}` failed: {e}")));
+            }
             Ok(Ok(output)) => output,
         };
-        let mut stdout = Zeroizing::new(output.stdout);
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
+        // It ended by itself: what it left running in the background is its own business
+        // (an agent it started, say), not a run to cut short.
+        group.0 = None;
+        let (status, mut stdout, stderr) = output;
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(&stderr);
             let stderr = stderr.trim();
             let shown: String = stderr.chars().take(STDERR_SHOWN).collect();
             return Err(SecretError::unavailable(format!(
                 "`{program}` {}{}",
-                describe_status(output.status),
+                describe_status(status),
                 if shown.is_empty() {
                     " and printed nothing on stderr".to_owned()
                 } else {
@@ -178,6 +198,64 @@ impl CommandBackend {
         }
         Ok(Fetched::new(value))
     }
+}
+
+/// A provider's process group, killed whole when its run is abandoned (timeout, deadline, a
+/// signal to secret-run): killing only the program would leave what it started running.
+struct Group(Option<Pid>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+enum Collect {
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Reads stdout (at most `MAX_STDOUT`) and stderr (the first `MAX_STDERR` kept, the rest read
+/// and dropped, so that the program is never blocked on a full pipe), then waits for the exit.
+async fn collect(
+    child: &mut tokio::process::Child,
+) -> Result<(std::process::ExitStatus, Zeroizing<Vec<u8>>, Vec<u8>), Collect> {
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out = async {
+        let mut buf = Zeroizing::new(Vec::new());
+        if let Some(s) = stdout {
+            s.take(MAX_STDOUT as u64 + 1)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(Collect::Io)?;
+        }
+        if buf.len() > MAX_STDOUT {
+            return Err(Collect::TooLarge);
+        }
+        Ok(buf)
+    };
+    let err = async {
+        let mut kept = Vec::new();
+        if let Some(mut s) = stderr {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let room = MAX_STDERR.saturating_sub(kept.len());
+                        kept.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
+            }
+        }
+        Ok(kept)
+    };
+    let (out, err) = tokio::try_join!(out, err)?;
+    let status = child.wait().await.map_err(Collect::Io)?;
+    Ok((status, out, err))
 }
 
 fn describe_status(status: std::process::ExitStatus) -> String {

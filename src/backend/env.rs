@@ -7,7 +7,8 @@
 //! prefix = "{env}/"   # optional: `prod/database/url` -> PROD_DATABASE_URL
 //! ```
 //!
-//! A path maps to a variable by the built-in rule: `database/url` -> `DATABASE_URL`.
+//! A path names a variable as it is (`http_proxy`), or by the built-in rule:
+//! `database/url` -> `DATABASE_URL`.
 
 use std::os::unix::ffi::OsStringExt;
 
@@ -33,7 +34,12 @@ impl EnvBackend {
             .iter()
             .map(|r| {
                 let var = path_to_var(&r.path);
-                match std::env::var_os(&var) {
+                // The path itself first when it names a variable (`http_proxy`), then the rule.
+                let found = crate::secret::EnvName::parse(&r.path)
+                    .ok()
+                    .and_then(|exact| std::env::var_os(exact.as_str()))
+                    .or_else(|| std::env::var_os(&var));
+                match found {
                     Some(v) => value_from_bytes(v.into_vec()).map(Fetched::new),
                     None => Err(SecretError::not_found(format!(
                         "variable `{var}` is not set in secret-run's environment"

@@ -9,15 +9,16 @@
 //! ```
 //!
 //! One trailing newline is stripped. A path that leaves `dir` (`..`, an absolute path, a symlink
-//! pointing outside) is refused: Kubernetes' own `..data` symlinks stay inside and are followed.
+//! pointing outside, or an absolute symlink) is refused: Kubernetes' own `..data` symlinks are
+//! relative, stay inside and are followed. Only regular files are read.
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
 
-use secrecy::zeroize::Zeroizing;
 use serde::Deserialize;
 
 use super::{Context, Fetched, Request};
+use crate::fsread;
 use crate::secret::{MAX_ENV_STRING, SecretError, strip_one_newline, value_from_bytes};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -65,54 +66,53 @@ impl FileBackend {
         &self.dir
     }
 
-    pub fn fetch(&self, requests: &[Request]) -> Vec<Result<Fetched, SecretError>> {
-        let root = match self.dir.canonicalize() {
-            Ok(root) => root,
-            Err(e) => {
-                let err = SecretError::from_io(&format!("directory {}", self.dir.display()), &e);
-                return requests.iter().map(|_| Err(err.clone())).collect();
-            }
-        };
+    pub fn fetch(
+        &self,
+        requests: &[Request],
+        deadline: Instant,
+    ) -> Vec<Result<Fetched, SecretError>> {
         requests
             .iter()
-            .map(|r| self.read_one(&root, &r.path))
+            .map(|r| self.read_one(&r.path, deadline))
             .collect()
     }
 
-    fn read_one(&self, root: &Path, path: &str) -> Result<Fetched, SecretError> {
+    /// Opened once, beneath `dir` (a symlink may not lead out of it, even one swapped in while
+    /// secret-run runs), then checked by what was opened: a regular file, of a value's size.
+    fn read_one(&self, path: &str, deadline: Instant) -> Result<Fetched, SecretError> {
         check_relative(path).map_err(SecretError::denied)?;
         let shown = self.dir.join(path);
-        let real = shown
-            .canonicalize()
-            .map_err(|e| SecretError::from_io(&format!("{}", shown.display()), &e))?;
-        if !real.starts_with(root) {
-            return Err(SecretError::denied(format!(
-                "refused {}: it resolves outside {} (a symlink points out of the directory)",
-                shown.display(),
-                self.dir.display()
-            )));
-        }
-        let meta = real
-            .metadata()
-            .map_err(|e| SecretError::from_io(&format!("{}", shown.display()), &e))?;
-        // A FIFO or device would block or never end; only regular files hold secrets.
-        if !meta.is_file() {
-            return Err(SecretError::invalid(format!(
-                "{} is not a regular file",
-                shown.display()
-            )));
-        }
-        let mut bytes = Zeroizing::new(Vec::new());
-        std::fs::File::open(&real)
-            .and_then(|f| f.take(MAX_ENV_STRING as u64 + 2).read_to_end(&mut bytes))
-            .map_err(|e| SecretError::from_io(&format!("{}", shown.display()), &e))?;
-        if bytes.len() > MAX_ENV_STRING + 1 {
+        // A value and its final newline (`\r\n`).
+        let limit = MAX_ENV_STRING + 2;
+        let mut bytes =
+            fsread::read_beneath(&self.dir, path, limit, deadline).map_err(|e| match e {
+                fsread::ReadError::Io(io) => {
+                    SecretError::from_io(&format!("{}", shown.display()), &io)
+                }
+                fsread::ReadError::Outside(_) => SecretError::denied(format!(
+                    "refused {}: it resolves outside {} (a symlink points out of the directory)",
+                    shown.display(),
+                    self.dir.display()
+                )),
+                fsread::ReadError::TooLarge { .. } => SecretError::invalid(format!(
+                    "{} is larger than the {MAX_ENV_STRING} bytes an environment value can hold",
+                    shown.display()
+                )),
+                fsread::ReadError::TimedOut => {
+                    SecretError::unavailable(format!("cannot read {}: {e}", shown.display()))
+                }
+                fsread::ReadError::NotAccepted(_) => {
+                    SecretError::invalid(format!("{}: {e}", shown.display()))
+                }
+            })?;
+        let value = value_from_bytes(std::mem::take(&mut *bytes))?;
+        let value = strip_one_newline(value);
+        if secrecy::ExposeSecret::expose_secret(&value).len() > MAX_ENV_STRING {
             return Err(SecretError::invalid(format!(
                 "{} is larger than the {MAX_ENV_STRING} bytes an environment value can hold",
                 shown.display()
             )));
         }
-        let value = value_from_bytes(std::mem::take(&mut *bytes))?;
-        Ok(Fetched::new(strip_one_newline(value)))
+        Ok(Fetched::new(value))
     }
 }

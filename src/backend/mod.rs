@@ -311,23 +311,18 @@ impl Backend {
         )
     }
 
-    /// Whether a local read could block indefinitely: only a `.env` that is not a regular file
-    /// (a FIFO, as 1Password Environments mounts it). The `file` backend refuses anything but
-    /// regular files before opening, and a regular file's read always ends.
-    pub fn may_block(&self) -> bool {
-        match self {
-            Backend::Dotenv(b) => b.may_block(),
-            _ => false,
-        }
-    }
-
     /// Reads from a local backend; `None` for the others. Such a read can still block (a file on
-    /// a hung network filesystem), so callers run it where the deadline can cut it off.
-    pub fn fetch_local(&self, requests: &[Request]) -> Option<FetchResult> {
+    /// a hung network filesystem), so callers run it where the deadline can cut it off; reads of
+    /// FIFOs and devices stop at `deadline` by themselves.
+    pub fn fetch_local(
+        &self,
+        requests: &[Request],
+        deadline: std::time::Instant,
+    ) -> Option<FetchResult> {
         match self {
             Backend::Env(b) => Some(Ok(b.fetch(requests))),
-            Backend::Dotenv(b) => Some(b.fetch(requests)),
-            Backend::File(b) => Some(Ok(b.fetch(requests))),
+            Backend::Dotenv(b) => Some(b.fetch(requests, deadline)),
+            Backend::File(b) => Some(Ok(b.fetch(requests, deadline))),
             _ => None,
         }
     }

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
+use std::os::fd::AsFd;
+
+use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
@@ -86,6 +88,8 @@ pub struct Supervisor<'a> {
     /// The runtime has children of its own right now (see `race_runtime_children`).
     runtime_children: bool,
     reap_all: bool,
+    /// The newest child was made the terminal's foreground group (`--process-group`).
+    gave_terminal: bool,
     last_restart: Option<Instant>,
     last_reload: Option<Instant>,
     restart_due: Option<Instant>,
@@ -99,16 +103,15 @@ struct Child {
     started: Instant,
 }
 
-impl<'a> Supervisor<'a> {
-    /// Installs the signal handlers; the child is started by `run`.
-    pub fn new(
-        plan: &'a Plan,
-        target: &'a Target,
-        values: Vec<ResolvedVar>,
-        audit: Audit,
-        timeout: Duration,
-        opts: Options,
-    ) -> Result<Supervisor<'a>> {
+/// The signal handlers, installed before the first resolve and handed to the supervisor.
+#[derive(Debug)]
+pub struct Signals {
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Signals {
+    /// Installs a handler for every signal the supervisor forwards or reloads on, and SIGCHLD.
+    pub fn install(plan: &Plan) -> Result<Signals> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut wanted: Vec<Signal> = FORWARDED.to_vec();
         if !wanted.contains(&plan.run.reload_signal) {
@@ -135,28 +138,83 @@ impl<'a> Supervisor<'a> {
                 }
             }
         });
+        Ok(Signals { events: rx })
+    }
+
+    /// Runs the first resolve while listening: a stop signal abandons it (its providers are
+    /// killed when it is dropped) and gives `Error::Interrupted`; the reload signal is
+    /// remembered (the values being read may predate the rotation it announces); the others
+    /// have no child to go to yet.
+    pub async fn during_start<F: std::future::Future>(
+        &mut self,
+        work: F,
+        plan: &Plan,
+    ) -> Result<(F::Output, bool)> {
+        tokio::pin!(work);
+        let mut reload_asked = false;
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok((out, reload_asked)),
+                Some(ev) = self.events.recv() => match ev {
+                    Event::Signal(sig) if STOPPING.contains(&sig) => {
+                        tracing::info!(signal = %sig, "stopped before the command started");
+                        return Err(Error::Interrupted(sig));
+                    }
+                    Event::Signal(sig) if sig == plan.run.reload_signal => reload_asked = true,
+                    Event::Signal(sig) => {
+                        tracing::debug!(signal = %sig, "no command yet to forward it to");
+                    }
+                    Event::ChildExited => {}
+                },
+            }
+        }
+    }
+}
+
+/// What the first resolve hands to the supervisor.
+#[derive(Debug)]
+pub struct Start {
+    pub values: Vec<ResolvedVar>,
+    pub audit: Audit,
+    pub signals: Signals,
+    /// The reload signal arrived during the first resolve: reload once the child runs.
+    pub reload_asked: bool,
+}
+
+impl<'a> Supervisor<'a> {
+    /// Takes over the signal handlers; the child is started by `run`.
+    pub fn new(
+        plan: &'a Plan,
+        target: &'a Target,
+        start: Start,
+        timeout: Duration,
+        opts: Options,
+    ) -> Result<Supervisor<'a>> {
         let pid1 = nix::unistd::getpid().as_raw() == 1;
         if opts.subreaper && !pid1 {
             nix::sys::prctl::set_child_subreaper(true)
                 .map_err(|e| Error::Internal(format!("cannot become a subreaper: {e}")))?;
         }
+        let mut audit = start.audit;
+        audit.in_background();
         Ok(Supervisor {
             plan,
             target,
             timeout,
             opts,
             audit,
-            values,
+            values: start.values,
             confirmed: Instant::now(),
             child: None,
             others: HashSet::new(),
             exited: HashMap::new(),
-            events: rx,
-            pending: None,
+            events: start.signals.events,
+            pending: start.reload_asked.then_some("signal"),
             stopping: false,
             finished: None,
             runtime_children: false,
             reap_all: pid1 || opts.subreaper,
+            gave_terminal: false,
             last_restart: None,
             last_reload: None,
             restart_due: None,
@@ -249,23 +307,29 @@ impl<'a> Supervisor<'a> {
     /// only known ones are reaped: a provider program or a readiness check is the runtime's.
     fn reap(&mut self) {
         let mut ended: Vec<(Pid, u8)> = Vec::new();
+        let mut stopped = None;
+        // WUNTRACED: a child stopped by the terminal (Ctrl-Z, or reading it from the
+        // background) is reported too, so that secret-run can stop with it (`child_stopped`).
+        let flags = Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED);
+        let mut note = |status: WaitStatus| match status {
+            WaitStatus::Stopped(pid, _) => stopped = Some(pid),
+            status => {
+                if let (Some(pid), Some(code)) = (status.pid(), code_of(status)) {
+                    ended.push((pid, code));
+                }
+            }
+        };
         if self.reap_all && !self.runtime_children {
             loop {
-                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                match waitpid(Pid::from_raw(-1), flags) {
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(status) => {
-                        if let (Some(pid), Some(code)) = (status.pid(), code_of(status)) {
-                            ended.push((pid, code));
-                        }
-                    }
+                    Ok(status) => note(status),
                 }
             }
         } else {
             for pid in self.live_pids() {
-                if let Ok(status) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                    if let Some(code) = code_of(status) {
-                        ended.push((pid, code));
-                    }
+                if let Ok(status) = waitpid(pid, flags) {
+                    note(status);
                 }
             }
         }
@@ -278,6 +342,27 @@ impl<'a> Supervisor<'a> {
                 tracing::debug!(pid = pid.as_raw(), code, "reaped an orphan");
             }
         }
+        if let Some(pid) = stopped.filter(|p| self.child.is_some_and(|c| c.pid == *p)) {
+            self.child_stopped(pid);
+        }
+    }
+
+    /// The child (in a group of its own, holding the terminal) was stopped: Ctrl-Z. The shell
+    /// only knows secret-run as the job, so secret-run takes the terminal back and stops too;
+    /// `fg` continues it, and it hands the terminal and the SIGCONT on to the child.
+    fn child_stopped(&mut self, pid: Pid) {
+        if !self.gave_terminal {
+            return;
+        }
+        tracing::debug!(
+            pid = pid.as_raw(),
+            "the child was stopped from the terminal; stopping too"
+        );
+        give_terminal(nix::unistd::getpgrp());
+        let _ = kill(nix::unistd::getpid(), Signal::SIGSTOP);
+        // Continued.
+        give_terminal(pid);
+        let _ = kill(self.signal_target(pid), Signal::SIGCONT);
     }
 
     /// The child, and the children being stopped or tried out.
@@ -662,16 +747,35 @@ impl<'a> Supervisor<'a> {
         if self.opts.process_group {
             cmd.process_group(0);
         }
+        // In a group of its own the child is not in the terminal's foreground: reading the
+        // terminal would stop it (SIGTTIN) for good. It gets the foreground, as a shell gives
+        // a job; the descriptor is duplicated here, since nothing may be allocated after fork.
+        let terminal = if self.opts.process_group && child_got_it_from_terminal() {
+            std::io::stdin().as_fd().try_clone_to_owned().ok()
+        } else {
+            None
+        };
+        self.gave_terminal = terminal.is_some();
         let parent = nix::unistd::getpid();
         // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
-        // (prctl, getppid) and allocates nothing.
+        // (prctl, getppid, setrlimit, sigprocmask, tcsetpgrp) and allocates nothing.
         #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(move || {
+                crate::protect::restore_core_limit().map_err(std::io::Error::from)?;
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
                 // The parent may have died before the line above: then nobody would kill us.
                 if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::other("secret-run exited during start-up"));
+                    // From an error kind: `io::Error::other` would allocate after fork.
+                    return Err(std::io::ErrorKind::Other.into());
+                }
+                if let Some(tty) = &terminal {
+                    // From a background group, tcsetpgrp would stop us with SIGTTOU.
+                    let mut ttou = SigSet::empty();
+                    ttou.add(Signal::SIGTTOU);
+                    let _ = ttou.thread_block();
+                    let _ = nix::unistd::tcsetpgrp(tty, nix::unistd::getpid());
+                    let _ = ttou.thread_unblock();
                 }
                 Ok(())
             });
@@ -746,6 +850,18 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Makes `pgrp` the terminal's foreground group (SIGTTOU blocked meanwhile: secret-run may be
+/// in the background when it takes the terminal back).
+fn give_terminal(pgrp: Pid) {
+    let mut ttou = SigSet::empty();
+    ttou.add(Signal::SIGTTOU);
+    let _ = ttou.thread_block();
+    if let Err(e) = nix::unistd::tcsetpgrp(std::io::stdin(), pgrp) {
+        tracing::debug!(error = %e, "cannot hand the terminal over");
+    }
+    let _ = ttou.thread_unblock();
 }
 
 /// The terminal sends SIGINT to its whole foreground process group, which the child shares with

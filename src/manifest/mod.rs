@@ -148,26 +148,32 @@ struct RawEnv {
     remove: Vec<String>,
 }
 
-/// Reads and validates the manifest at `path`.
-pub fn load(path: &Path) -> Result<Manifest> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
-            Error::Config(ConfigErrors(vec![ConfigProblem {
-                file: path.to_path_buf(),
-                position: None,
-                message: "the manifest is not valid UTF-8".into(),
-            }]))
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+/// Reads and validates the manifest at `path`, giving up at `deadline` (a FIFO with no writer).
+pub fn load(path: &Path, deadline: std::time::Instant) -> Result<Manifest> {
+    use crate::fsread::{self, Accept, ReadError};
+    let whole = |message: String| {
+        Error::Config(ConfigErrors(vec![ConfigProblem {
+            file: path.to_path_buf(),
+            position: None,
+            message,
+        }]))
+    };
+    // `-f <(generate)` hands over a pipe: streams are accepted, and bounded like files.
+    let bytes = match fsread::read_path(path, Accept::Streams, fsread::MAX_MANIFEST, deadline) {
+        Ok(bytes) => bytes,
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NoManifest(absolute(path)));
         }
-        Err(source) => {
+        Err(ReadError::Io(source)) => {
             return Err(Error::ManifestUnreadable {
                 path: path.to_path_buf(),
                 source,
             });
         }
+        Err(e) => return Err(whole(format!("cannot read the manifest: {e}"))),
     };
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| whole("the manifest is not valid UTF-8".into()))?;
     parse(Source {
         path: path.to_path_buf(),
         text,

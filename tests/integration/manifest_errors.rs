@@ -130,7 +130,7 @@ fn dotenv_missing_or_unparseable() {
     let run = p.run(&["--", "true"]);
     run.code(65)
         .stderr_has("at line 2")
-        .stderr_has("its text is not shown");
+        .stderr_has("`B` opens a double quote that is never closed");
     assert!(!run.stderr.contains("secret-ish"), "{}", run.stderr);
 }
 

@@ -26,7 +26,9 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
@@ -170,7 +172,35 @@ impl Intercept for CallCounter {
         tracing::debug!(service, operation, call = n, "AWS API call");
         Ok(())
     }
+
+    /// Refuses a reply larger than `MAX_REPLY` before the SDK reads it into memory: a
+    /// misdirected `endpoint_url` must not make secret-run read a gigabyte. AWS's JSON replies
+    /// carry their length; one that comes without it is bounded by the attempt timeout.
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let response = context.response();
+        let declared = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .or_else(|| response.body().content_length());
+        match declared {
+            Some(n) if n > MAX_REPLY => Err(format!(
+                "the reply is {n} bytes, more than the {} MiB secret-run reads from AWS",
+                MAX_REPLY >> 20
+            )
+            .into()),
+            _ => Ok(()),
+        }
+    }
 }
+
+/// The largest AWS reply read (a batch of 20 secrets of 64 KiB each is 1.3 MB of JSON).
+pub const MAX_REPLY: u64 = 16 << 20;
 
 /// Explains an SDK error that is not specific to one secret: credentials, network, timeouts,
 /// throttling, access. `action` is the IAM action the call needs (`secretsmanager:GetSecretValue`).

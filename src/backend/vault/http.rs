@@ -15,6 +15,9 @@ use crate::secret::SecretError;
 /// First back-off step; each retry doubles it, up to `BACKOFF_CAP`.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// The largest reply read: Vault's own storage refuses entries above 1 MiB by default, and a
+/// listing of mounts is far smaller.
+pub const MAX_REPLY: usize = 8 << 20;
 
 #[derive(Debug)]
 pub struct Http {
@@ -161,18 +164,35 @@ impl Http {
                     .body(body.as_bytes().to_vec());
             }
             let sent = async {
-                let response = request.send().await?;
+                let mut response = request.send().await.map_err(Received::Error)?;
                 let status = response.status();
-                let body = response.bytes().await?;
-                Ok::<_, reqwest::Error>(Reply {
-                    status,
-                    body: Zeroizing::new(body.to_vec()),
-                })
+                if response
+                    .content_length()
+                    .is_some_and(|n| n > MAX_REPLY as u64)
+                {
+                    return Err(Received::TooLarge);
+                }
+                // Read piece by piece, so that a reply without a length is bounded too.
+                let mut body = Zeroizing::new(Vec::new());
+                while let Some(chunk) = response.chunk().await.map_err(Received::Error)? {
+                    if body.len() + chunk.len() > MAX_REPLY {
+                        return Err(Received::TooLarge);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(Reply { status, body })
             };
             let failure = match tokio::time::timeout_at(limit, sent).await {
                 Ok(Ok(reply)) if !retryable(reply.status) => return Ok(reply),
                 Ok(Ok(reply)) => Failure::Reply(reply),
-                Ok(Err(e)) => Failure::Error(self.describe(&e)),
+                Ok(Err(Received::Error(e))) => Failure::Error(self.describe(&e)),
+                Ok(Err(Received::TooLarge)) => {
+                    return Err(SecretError::unavailable(format!(
+                        "{} sent a reply larger than {} MiB; that is no Vault reply (check `address`)",
+                        self.address(),
+                        MAX_REPLY >> 20
+                    )));
+                }
                 Err(_) if limit == deadline => {
                     return Err(SecretError::unavailable(format!(
                         "{} did not answer before the resolve deadline (--timeout)",
@@ -239,6 +259,11 @@ impl Http {
         }
         Ok(headers)
     }
+}
+
+enum Received {
+    Error(reqwest::Error),
+    TooLarge,
 }
 
 enum Failure {

@@ -1,0 +1,118 @@
+//! The `dotenv` backend: a `.env` file, in docker compose's syntax (see `parse`: quoting,
+//! escapes, `export`, `$NAME` / `${NAME:-default}` interpolation, `$$`).
+//!
+//! ```toml
+//! # Built in: usable as `backend = "dotenv"` (or SECRET_BACKEND=dotenv) without this table;
+//! # the built-in one reads `.env` beside the manifest.
+//! [backends.local]
+//! kind = "dotenv"
+//! path = "config/dev.env"   # relative to the manifest's directory; default ".env"
+//! ```
+//!
+//! A path names a key of the file as it is (`db_password`), or by the built-in rule:
+//! `database/url` -> `DATABASE_URL`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use std::time::Instant;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::{Context, FetchResult, Fetched, Request};
+use crate::fsread::{self, Accept};
+use crate::secret::{SecretError, path_to_var};
+
+pub mod parse;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct DotenvBackend {
+    path: PathBuf,
+}
+
+impl DotenvBackend {
+    pub fn new(config: &Config, ctx: &Context) -> Self {
+        let path = config.path.clone().unwrap_or_else(|| PathBuf::from(".env"));
+        DotenvBackend {
+            path: ctx.base_dir.join(path),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
+        let values = self.read(deadline)?;
+        Ok(requests
+            .iter()
+            .map(|r| {
+                let key = path_to_var(&r.path);
+                // The path itself first when it is a key of the file (`db_password`, as
+                // `init --from-dotenv` writes for a lower-case key), then the built-in rule.
+                values
+                    .get(r.path.as_str())
+                    .or_else(|| values.get(&key))
+                    .cloned()
+                    .map(Fetched::new)
+                    .ok_or_else(|| {
+                        SecretError::not_found(format!(
+                            "`{key}` is not defined in {}",
+                            self.path.display()
+                        ))
+                    })
+            })
+            .collect())
+    }
+
+    /// Reads the whole file once; later definitions of a key win, as in a shell.
+    fn read(&self, deadline: Instant) -> Result<HashMap<String, SecretString>, SecretError> {
+        Ok(self.read_ordered(deadline)?.into_iter().collect())
+    }
+
+    /// Every definition in file order (a key defined twice appears twice).
+    pub fn read_ordered(
+        &self,
+        deadline: Instant,
+    ) -> Result<Vec<(String, SecretString)>, SecretError> {
+        let shown = self.path.display();
+        let bytes = fsread::read_path(&self.path, Accept::Streams, fsread::MAX_DOTENV, deadline)
+            .map_err(|e| {
+                let mut err = match &e {
+                    fsread::ReadError::Io(io) => {
+                        SecretError::from_io(&format!(".env file {shown}"), io)
+                    }
+                    fsread::ReadError::TimedOut => {
+                        SecretError::unavailable(format!("cannot read .env file {shown}: {e}"))
+                    }
+                    _ => SecretError::invalid(format!("cannot read .env file {shown}: {e}")),
+                };
+                if e.io_kind() == Some(std::io::ErrorKind::NotFound) {
+                    err.message.push_str(
+                        "; create it (see .env.template), or choose another backend with SECRET_BACKEND",
+                    );
+                }
+                err
+            })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            SecretError::invalid(format!(
+                "cannot read {shown}: it is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ))
+        })?;
+        let env = |name: &str| std::env::var(name).ok();
+        parse::parse(text, &env).map_err(|e| {
+            SecretError::invalid(format!(
+                "cannot parse {shown} at line {}: {}",
+                e.line, e.message
+            ))
+        })
+    }
+}
