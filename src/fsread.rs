@@ -127,7 +127,8 @@ fn read_file(
     let meta = file.metadata()?;
     let kind = meta.file_type();
     let stream = kind.is_fifo() || kind.is_char_device();
-    if !kind.is_file() && !(stream && accept == Accept::Streams) {
+    let accepted = kind.is_file() || (stream && accept == Accept::Streams);
+    if !accepted {
         return Err(ReadError::NotAccepted(describe(&kind)));
     }
     if kind.is_file() && meta.len() > limit as u64 {

@@ -157,7 +157,7 @@ fn from_env_file(
 /// the `dotenv` backend looks up as it is (`db_password`, `Api_Key`).
 fn path_for(key: &str, keys: &[String]) -> String {
     let lower = key.to_ascii_lowercase();
-    if crate::secret::path_to_var(&lower) == key && !keys.iter().any(|k| *k == lower) {
+    if crate::secret::path_to_var(&lower) == key && !keys.contains(&lower) {
         lower
     } else {
         key.to_owned()

@@ -19,6 +19,8 @@ pub mod cli;
 pub mod duration;
 pub mod error;
 pub mod fsread;
+#[cfg(test)]
+mod fuzz;
 pub mod init;
 pub mod interrupt;
 pub mod launch;

@@ -83,16 +83,26 @@ BIN = { backend = "aws", path = "bin-text" }
     run(&p, &["-vvv", "--env", "dev", "--", "true"], &e_token)
         .code(0)
         .no_canary(true);
-    let e_rust_log = env(
-        m,
-        &[
-            ("AWS_SESSION_TOKEN", "CANARY-session-token-b7c8"),
-            ("RUST_LOG", "trace"),
-        ],
-    );
-    run(&p, &["--env", "dev", "--", "true"], &e_rust_log)
-        .code(0)
-        .no_canary(true);
+    // However RUST_LOG spells trace: upper case, a number, per module, per span.
+    for spelling in [
+        "trace",
+        "TRACE",
+        "5",
+        "aws_sigv4::sign=trace,aws_smithy_runtime=TRACE",
+        "[{x}]=trace,trace",
+        "off,aws_smithy_runtime_api=trace,aws_smithy_http_client=trace,hyper=trace",
+    ] {
+        let e_rust_log = env(
+            m,
+            &[
+                ("AWS_SESSION_TOKEN", "CANARY-session-token-b7c8"),
+                ("RUST_LOG", spelling),
+            ],
+        );
+        run(&p, &["--env", "dev", "--", "true"], &e_rust_log)
+            .code(0)
+            .no_canary(true);
+    }
 
     // Binary that is not UTF-8: an error that says what to do, or base64 when asked.
     let secret = r#"RAW = { backend = "aws", path = "bin-raw" }"#;

@@ -7,6 +7,7 @@
 mod aws;
 mod check_init;
 mod exit_codes;
+mod hardening;
 mod kept;
 mod launch;
 mod local_backends;

@@ -732,3 +732,28 @@ fn login_tokens_are_renewed_and_replaced_while_the_child_runs() {
         .stderr_has("logged in again for a new Vault token")
         .no_canary(false);
 }
+
+#[test]
+fn a_reply_read_with_the_wrong_kv_version_is_not_quoted_in_the_error() {
+    // A KV v1 mount read as v2: `data/app` holds a field `metadata` whose string cannot be the
+    // v2 metadata object. The deserializer's message would quote it; the error must not.
+    let bao = openbao::shared();
+    bao.ok(&["secrets", "enable", "-path=kv1-scrub", "-version=1", "kv"]);
+    bao.ok(&[
+        "kv",
+        "put",
+        "kv1-scrub/data/app",
+        "metadata=CANARY-vault-pw-41c9",
+    ]);
+    let p = Project::with_manifest(&format!(
+        "{}\n[secrets]\nX = {{ backend = \"vault\", path = \"app\" }}\n",
+        backend(bao, "mount = \"kv1-scrub\"\nkv_version = 2")
+    ));
+    for args in [&["--", "true"][..], &["check"], &["check", "--json"]] {
+        let r = p.run_env(args, ROOT);
+        r.code(69).no_canary(true);
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(said.contains("invalid type: a string"), "{said}");
+        assert!(said.contains("kv_version = 1"), "{said}");
+    }
+}
