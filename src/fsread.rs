@@ -15,6 +15,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
 use secrecy::zeroize::Zeroizing;
 
+use crate::secret::SecretError;
+
 /// The largest manifest read: far more than any real one (10,000 secrets take about 400 KB).
 pub const MAX_MANIFEST: usize = 4 << 20;
 /// The largest `.env` read.
@@ -41,6 +43,38 @@ impl ReadError {
         match self {
             ReadError::Io(e) => Some(e.kind()),
             _ => None,
+        }
+    }
+
+    /// The error of a backend that read `what` (a `.env` file, a mounted secret): the OS's
+    /// reason classified as `from_io` does, a symlink out of the directory as a refusal, the
+    /// deadline as an outage, and a file of the wrong kind or size as an unusable value.
+    pub fn into_secret_error(self, what: &str) -> SecretError {
+        match self {
+            ReadError::Io(e) => SecretError::from_io(what, &e),
+            ReadError::Outside(_) => SecretError::denied(format!("cannot read {what}: {self}")),
+            ReadError::TimedOut => SecretError::unavailable(format!("cannot read {what}: {self}")),
+            ReadError::TooLarge { .. } | ReadError::NotAccepted(_) => {
+                SecretError::invalid(format!("cannot read {what}: {self}"))
+            }
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable; `false` when `deadline` passed first (`None`: no
+/// deadline). A signal interrupting the wait only restarts it.
+pub fn wait_readable(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> nix::Result<bool> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+                .unwrap_or(PollTimeout::MAX),
+        };
+        match poll(fds, timeout) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -138,14 +172,9 @@ fn read_file(
     let mut chunk = Zeroizing::new(vec![0u8; 64 * 1024]);
     loop {
         if stream {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
             let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(0) => return Err(ReadError::TimedOut),
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(ReadError::Io(e.into())),
+            if !wait_readable(&mut fds, Some(deadline)).map_err(|e| ReadError::Io(e.into()))? {
+                return Err(ReadError::TimedOut);
             }
         } else if Instant::now() >= deadline {
             return Err(ReadError::TimedOut);

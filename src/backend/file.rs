@@ -86,33 +86,21 @@ impl FileBackend {
         let limit = MAX_ENV_STRING + 2;
         let mut bytes =
             fsread::read_beneath(&self.dir, path, limit, deadline).map_err(|e| match e {
-                fsread::ReadError::Io(io) => {
-                    SecretError::from_io(&format!("{}", shown.display()), &io)
-                }
-                fsread::ReadError::Outside(_) => SecretError::denied(format!(
-                    "refused {}: it resolves outside {} (a symlink points out of the directory)",
-                    shown.display(),
-                    self.dir.display()
-                )),
-                fsread::ReadError::TooLarge { .. } => SecretError::invalid(format!(
-                    "{} is larger than the {MAX_ENV_STRING} bytes an environment value can hold",
-                    shown.display()
-                )),
-                fsread::ReadError::TimedOut => {
-                    SecretError::unavailable(format!("cannot read {}: {e}", shown.display()))
-                }
-                fsread::ReadError::NotAccepted(_) => {
-                    SecretError::invalid(format!("{}: {e}", shown.display()))
-                }
+                fsread::ReadError::TooLarge { .. } => too_large(&shown),
+                e => e.into_secret_error(&shown.display().to_string()),
             })?;
         let value = value_from_bytes(std::mem::take(&mut *bytes))?;
         let value = strip_one_newline(value);
         if secrecy::ExposeSecret::expose_secret(&value).len() > MAX_ENV_STRING {
-            return Err(SecretError::invalid(format!(
-                "{} is larger than the {MAX_ENV_STRING} bytes an environment value can hold",
-                shown.display()
-            )));
+            return Err(too_large(&shown));
         }
         Ok(Fetched::new(value))
     }
+}
+
+fn too_large(shown: &Path) -> SecretError {
+    SecretError::invalid(format!(
+        "{} is larger than the {MAX_ENV_STRING} bytes an environment value can hold",
+        shown.display()
+    ))
 }

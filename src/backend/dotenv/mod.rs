@@ -85,16 +85,9 @@ impl DotenvBackend {
         let shown = self.path.display();
         let bytes = fsread::read_path(&self.path, Accept::Streams, fsread::MAX_DOTENV, deadline)
             .map_err(|e| {
-                let mut err = match &e {
-                    fsread::ReadError::Io(io) => {
-                        SecretError::from_io(&format!(".env file {shown}"), io)
-                    }
-                    fsread::ReadError::TimedOut => {
-                        SecretError::unavailable(format!("cannot read .env file {shown}: {e}"))
-                    }
-                    _ => SecretError::invalid(format!("cannot read .env file {shown}: {e}")),
-                };
-                if e.io_kind() == Some(std::io::ErrorKind::NotFound) {
+                let missing = e.io_kind() == Some(std::io::ErrorKind::NotFound);
+                let mut err = e.into_secret_error(&format!(".env file {shown}"));
+                if missing {
                     err.message.push_str(
                         "; create it (see .env.template), or choose another backend with SECRET_BACKEND",
                     );
