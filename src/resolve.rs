@@ -11,11 +11,12 @@ use secrecy::SecretString;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::{PollFd, PollFlags};
 use std::os::fd::AsFd;
 
 use crate::backend::{Backend, Fetched, Request};
 use crate::error::Error;
+use crate::fsread::wait_readable;
 use crate::interrupt::Interrupts;
 use crate::manifest::plan::{Plan, PlannedVar};
 use crate::secret::{self, EnvName, ErrorKind, SecretError};
@@ -220,8 +221,7 @@ pub fn resolve_blocking(
                     return std::future::pending().await;
                 };
                 let _ = tokio::task::spawn_blocking(move || {
-                    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                    while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+                    wait_readable(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], None)
                 })
                 .await;
                 if let Some(sig) = interrupts.take() {
@@ -274,18 +274,13 @@ fn resolve_local(
         .map_err(|e| Error::Internal(format!("cannot start a thread for the reads: {e}")))?;
     let mut results = Results::new();
     while results.len() < names.len() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
         let mut fds = [
             PollFd::new(woken.as_fd(), PollFlags::POLLIN),
             PollFd::new(interrupts.fd(), PollFlags::POLLIN),
         ];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
+        match wait_readable(&mut fds, Some(deadline)) {
+            Ok(true) => {}
+            Ok(false) => break,
             Err(e) => return Err(Error::Internal(format!("cannot wait for the reads: {e}"))),
         }
         if let Some(sig) = interrupts.take() {
