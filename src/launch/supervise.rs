@@ -358,10 +358,15 @@ impl<'a> Supervisor<'a> {
             pid = pid.as_raw(),
             "the child was stopped from the terminal; stopping too"
         );
-        give_terminal(nix::unistd::getpgrp());
+        let hand_over = |pgrp| {
+            if let Err(e) = give_terminal(std::io::stdin(), pgrp) {
+                tracing::debug!(error = %e, "cannot hand the terminal over");
+            }
+        };
+        hand_over(nix::unistd::getpgrp());
         let _ = kill(nix::unistd::getpid(), Signal::SIGSTOP);
         // Continued.
-        give_terminal(pid);
+        hand_over(pid);
         let _ = kill(self.signal_target(pid), Signal::SIGCONT);
     }
 
@@ -770,12 +775,7 @@ impl<'a> Supervisor<'a> {
                     return Err(std::io::ErrorKind::Other.into());
                 }
                 if let Some(tty) = &terminal {
-                    // From a background group, tcsetpgrp would stop us with SIGTTOU.
-                    let mut ttou = SigSet::empty();
-                    ttou.add(Signal::SIGTTOU);
-                    let _ = ttou.thread_block();
-                    let _ = nix::unistd::tcsetpgrp(tty, nix::unistd::getpid());
-                    let _ = ttou.thread_unblock();
+                    let _ = give_terminal(tty, nix::unistd::getpid());
                 }
                 Ok(())
             });
@@ -852,16 +852,16 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Makes `pgrp` the terminal's foreground group (SIGTTOU blocked meanwhile: secret-run may be
-/// in the background when it takes the terminal back).
-fn give_terminal(pgrp: Pid) {
+/// Makes `pgrp` the foreground group of the terminal `tty`, with SIGTTOU blocked meanwhile: from
+/// a background group (the child before its exec, secret-run taking the terminal back),
+/// tcsetpgrp would stop the caller. Async-signal-safe: system calls only, nothing allocated.
+fn give_terminal(tty: impl AsFd, pgrp: Pid) -> nix::Result<()> {
     let mut ttou = SigSet::empty();
     ttou.add(Signal::SIGTTOU);
     let _ = ttou.thread_block();
-    if let Err(e) = nix::unistd::tcsetpgrp(std::io::stdin(), pgrp) {
-        tracing::debug!(error = %e, "cannot hand the terminal over");
-    }
+    let given = nix::unistd::tcsetpgrp(tty, pgrp);
     let _ = ttou.thread_unblock();
+    given
 }
 
 /// The terminal sends SIGINT to its whole foreground process group, which the child shares with
