@@ -149,18 +149,17 @@ impl Audit {
 /// code it means and each variable that failed with its outcome word. No message text: a
 /// provider's stderr or a server's error can carry a value, and the log promises never to.
 pub fn failure(failure: &ResolveFailure) -> Value {
-    let mut failed: Vec<Value> = failure
+    let by_backend = failure
         .backends
         .iter()
-        .flat_map(|b| {
-            b.vars.iter().map(|name| {
-                json!({ "var": name.as_str(), "backend": b.backend, "outcome": b.error.kind.label() })
-            })
+        .flat_map(|b| b.vars.iter().map(move |name| (name, &b.backend, &b.error)));
+    let by_var = failure.vars.iter().map(|v| (&v.name, &v.backend, &v.error));
+    let failed: Vec<Value> = by_backend
+        .chain(by_var)
+        .map(|(name, backend, error)| {
+            json!({ "var": name.as_str(), "backend": backend, "outcome": error.kind.label() })
         })
         .collect();
-    failed.extend(failure.vars.iter().map(|v| {
-        json!({ "var": v.name.as_str(), "backend": v.backend, "outcome": v.error.kind.label() })
-    }));
     json!({ "code": failure.exit_code(), "failed": failed })
 }
 

@@ -159,7 +159,7 @@ pub fn load(path: &Path, deadline: std::time::Instant) -> Result<Manifest> {
         }]))
     };
     // `-f <(generate)` hands over a pipe: streams are accepted, and bounded like files.
-    let bytes = match fsread::read_path(path, Accept::Streams, fsread::MAX_MANIFEST, deadline) {
+    let mut bytes = match fsread::read_path(path, Accept::Streams, fsread::MAX_MANIFEST, deadline) {
         Ok(bytes) => bytes,
         Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NoManifest(absolute(path)));
@@ -172,7 +172,7 @@ pub fn load(path: &Path, deadline: std::time::Instant) -> Result<Manifest> {
         }
         Err(e) => return Err(whole(format!("cannot read the manifest: {e}"))),
     };
-    let text = String::from_utf8(bytes.to_vec())
+    let text = String::from_utf8(std::mem::take(&mut *bytes))
         .map_err(|_| whole("the manifest is not valid UTF-8".into()))?;
     parse(Source {
         path: path.to_path_buf(),
