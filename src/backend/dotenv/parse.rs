@@ -138,7 +138,8 @@ fn read_value(
     line: usize,
     lookup: Lookup<'_>,
 ) -> Result<Zeroizing<String>, ParseError> {
-    let err = |message: String| ParseError { line, message };
+    let at = Value { key, line, lookup };
+    let err = |message: String| at.error(message);
     match cur.peek() {
         Some(q @ ('\'' | '"')) => {
             cur.next();
@@ -181,7 +182,7 @@ fn read_value(
             if q == '\'' {
                 Ok(single_quoted(&raw))
             } else {
-                expand(&raw, true, key, line, lookup)
+                at.expand(&raw, true)
             }
         }
         _ => {
@@ -199,7 +200,7 @@ fn read_value(
                 cur.next();
             }
             let trimmed = Zeroizing::new(raw.trim().to_owned());
-            expand(&trimmed, false, key, line, lookup)
+            at.expand(&trimmed, false)
         }
     }
 }
@@ -208,78 +209,142 @@ fn single_quoted(raw: &str) -> Zeroizing<String> {
     Zeroizing::new(raw.replace("\\'", "'"))
 }
 
-/// Applies escapes (double quotes only) and interpolation.
-fn expand(
-    raw: &str,
-    escapes: bool,
-    key: &str,
+/// One value being read: its key and line, for errors, and where names are looked up.
+struct Value<'a> {
+    key: &'a str,
     line: usize,
-    lookup: Lookup<'_>,
-) -> Result<Zeroizing<String>, ParseError> {
-    let err = |message: String| ParseError { line, message };
-    let mut out = Zeroizing::new(String::with_capacity(raw.len()));
-    let mut chars = raw.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' if escapes => match chars.next() {
-                Some((_, 'n')) => out.push('\n'),
-                Some((_, 'r')) => out.push('\r'),
-                Some((_, 't')) => out.push('\t'),
-                Some((_, e @ ('\\' | '"' | '\'' | '$'))) => out.push(e),
-                Some((_, other)) => {
-                    out.push('\\');
-                    out.push(other);
-                }
-                None => out.push('\\'),
-            },
-            '$' => match chars.peek().map(|&(_, n)| n) {
-                Some('$') => {
-                    chars.next();
-                    out.push('$');
-                }
-                Some('{') => {
-                    let body_start = i + 2;
-                    let end = closing_brace(raw, body_start).ok_or_else(|| {
-                        err(format!(
-                            "`${{` in the value of `{key}` is never closed with `}}`; write `$$` for a literal `$`"
-                        ))
-                    })?;
-                    let mut value = braced(&raw[body_start..end], escapes, key, line, lookup)?;
-                    out.push_str(&value);
-                    value.zeroize();
-                    while chars.peek().is_some_and(|&(j, _)| j <= end) {
-                        chars.next();
-                    }
-                }
-                Some(n) if n.is_ascii_alphabetic() || n == '_' => {
-                    let mut name = String::new();
-                    while let Some(&(_, n)) = chars.peek() {
-                        if n.is_ascii_alphanumeric() || n == '_' {
-                            name.push(n);
-                            chars.next();
-                        } else {
-                            break;
-                        }
-                    }
-                    let mut value = lookup(&name).ok_or_else(|| undefined(&name, key, line))?;
-                    out.push_str(&value);
-                    value.zeroize();
-                }
-                // Not a reference (`$2`, `$ `, a final `$`): kept, as compose keeps it.
-                _ => out.push('$'),
-            },
-            c => out.push(c),
-        }
-    }
-    Ok(out)
+    lookup: Lookup<'a>,
 }
 
-fn undefined(name: &str, key: &str, line: usize) -> ParseError {
-    ParseError {
-        line,
-        message: format!(
+impl Value<'_> {
+    fn error(&self, message: String) -> ParseError {
+        ParseError {
+            line: self.line,
+            message,
+        }
+    }
+
+    /// Applies escapes (double quotes only) and interpolation.
+    fn expand(&self, raw: &str, escapes: bool) -> Result<Zeroizing<String>, ParseError> {
+        let key = self.key;
+        let mut out = Zeroizing::new(String::with_capacity(raw.len()));
+        let mut chars = raw.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' if escapes => match chars.next() {
+                    Some((_, 'n')) => out.push('\n'),
+                    Some((_, 'r')) => out.push('\r'),
+                    Some((_, 't')) => out.push('\t'),
+                    Some((_, e @ ('\\' | '"' | '\'' | '$'))) => out.push(e),
+                    Some((_, other)) => {
+                        out.push('\\');
+                        out.push(other);
+                    }
+                    None => out.push('\\'),
+                },
+                '$' => match chars.peek().map(|&(_, n)| n) {
+                    Some('$') => {
+                        chars.next();
+                        out.push('$');
+                    }
+                    Some('{') => {
+                        let body_start = i + 2;
+                        let end = closing_brace(raw, body_start).ok_or_else(|| {
+                            self.error(format!(
+                                "`${{` in the value of `{key}` is never closed with `}}`; write `$$` for a literal `$`"
+                            ))
+                        })?;
+                        let mut value = self.braced(&raw[body_start..end], escapes)?;
+                        out.push_str(&value);
+                        value.zeroize();
+                        while chars.peek().is_some_and(|&(j, _)| j <= end) {
+                            chars.next();
+                        }
+                    }
+                    Some(n) if n.is_ascii_alphabetic() || n == '_' => {
+                        let mut name = String::new();
+                        while let Some(&(_, n)) = chars.peek() {
+                            if n.is_ascii_alphanumeric() || n == '_' {
+                                name.push(n);
+                                chars.next();
+                            } else {
+                                break;
+                            }
+                        }
+                        let mut value =
+                            (self.lookup)(&name).ok_or_else(|| self.undefined(&name))?;
+                        out.push_str(&value);
+                        value.zeroize();
+                    }
+                    // Not a reference (`$2`, `$ `, a final `$`): kept, as compose keeps it.
+                    _ => out.push('$'),
+                },
+                c => out.push(c),
+            }
+        }
+        Ok(out)
+    }
+
+    fn undefined(&self, name: &str) -> ParseError {
+        let key = self.key;
+        self.error(format!(
             "the value of `{key}` refers to `${name}`, which is defined neither above it in the file nor in the environment; write `$$` for a literal `$`, single-quote the value, or give a default with `${{{name}:-…}}`"
-        ),
+        ))
+    }
+
+    /// `NAME`, or `NAME` followed by an operator and its operand (`:-default`, `?message`, …).
+    fn braced(&self, body: &str, escapes: bool) -> Result<Zeroizing<String>, ParseError> {
+        let key = self.key;
+        let name_len = body
+            .char_indices()
+            .find(|&(i, c)| {
+                !(c.is_ascii_alphanumeric() || c == '_') || (i == 0 && c.is_ascii_digit())
+            })
+            .map_or(body.len(), |(i, _)| i);
+        let name = &body[..name_len];
+        if name.is_empty() {
+            return Err(self.error(format!(
+                "`${{…}}` in the value of `{key}` does not start with a variable name; write `$$` for a literal `$`"
+            )));
+        }
+        let rest = &body[name_len..];
+        let (colon, rest) = match rest.strip_prefix(':') {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let value = (self.lookup)(name);
+        // With `:`, an empty value counts as unset.
+        let set = value.as_deref().is_some_and(|v| !(colon && v.is_empty()));
+        let operand = |s: &str| self.expand(s, escapes);
+        match rest.chars().next() {
+            None if !colon => value
+                .map(Zeroizing::new)
+                .ok_or_else(|| self.undefined(name)),
+            Some('-') if set => Ok(Zeroizing::new(value.unwrap_or_default())),
+            Some('-') => operand(&rest[1..]),
+            Some('+') if set => operand(&rest[1..]),
+            Some('+') => Ok(Zeroizing::new(String::new())),
+            Some('?') if set => Ok(Zeroizing::new(value.unwrap_or_default())),
+            Some('?') => {
+                let said = operand(&rest[1..])?;
+                Err(self.error(format!(
+                    "the value of `{key}` requires `{name}`{}: {}",
+                    if colon {
+                        " to be set and not empty"
+                    } else {
+                        " to be set"
+                    },
+                    if said.is_empty() {
+                        "it is not"
+                    } else {
+                        said.as_str()
+                    }
+                )))
+            }
+            _ => Err(self.error(format!(
+                "`${{{name}…}}` in the value of `{key}` uses an operator secret-run does not know; the forms are ${{{name}}}, ${{{name}:-default}}, ${{{name}-default}}, ${{{name}:?message}}, ${{{name}:+alt}}"
+            ))),
+        }
     }
 }
 
@@ -302,65 +367,6 @@ fn closing_brace(raw: &str, from: usize) -> Option<usize> {
         i += 1;
     }
     None
-}
-
-/// `NAME`, or `NAME` followed by an operator and its operand (`:-default`, `?message`, …).
-fn braced(
-    body: &str,
-    escapes: bool,
-    key: &str,
-    line: usize,
-    lookup: Lookup<'_>,
-) -> Result<Zeroizing<String>, ParseError> {
-    let err = |message: String| ParseError { line, message };
-    let name_len = body
-        .char_indices()
-        .find(|&(i, c)| !(c.is_ascii_alphanumeric() || c == '_') || (i == 0 && c.is_ascii_digit()))
-        .map_or(body.len(), |(i, _)| i);
-    let name = &body[..name_len];
-    if name.is_empty() {
-        return Err(err(format!(
-            "`${{…}}` in the value of `{key}` does not start with a variable name; write `$$` for a literal `$`"
-        )));
-    }
-    let rest = &body[name_len..];
-    let (colon, rest) = match rest.strip_prefix(':') {
-        Some(r) => (true, r),
-        None => (false, rest),
-    };
-    let value = lookup(name);
-    // With `:`, an empty value counts as unset.
-    let set = value.as_deref().is_some_and(|v| !(colon && v.is_empty()));
-    let operand = |s: &str| expand(s, escapes, key, line, lookup);
-    match rest.chars().next() {
-        None if !colon => value
-            .map(Zeroizing::new)
-            .ok_or_else(|| undefined(name, key, line)),
-        Some('-') if set => Ok(Zeroizing::new(value.unwrap_or_default())),
-        Some('-') => operand(&rest[1..]),
-        Some('+') if set => operand(&rest[1..]),
-        Some('+') => Ok(Zeroizing::new(String::new())),
-        Some('?') if set => Ok(Zeroizing::new(value.unwrap_or_default())),
-        Some('?') => {
-            let said = operand(&rest[1..])?;
-            Err(err(format!(
-                "the value of `{key}` requires `{name}`{}: {}",
-                if colon {
-                    " to be set and not empty"
-                } else {
-                    " to be set"
-                },
-                if said.is_empty() {
-                    "it is not"
-                } else {
-                    said.as_str()
-                }
-            )))
-        }
-        _ => Err(err(format!(
-            "`${{{name}…}}` in the value of `{key}` uses an operator secret-run does not know; the forms are ${{{name}}}, ${{{name}:-default}}, ${{{name}-default}}, ${{{name}:?message}}, ${{{name}:+alt}}"
-        ))),
-    }
 }
 
 #[cfg(test)]
