@@ -168,8 +168,15 @@ fn read_file(
     if kind.is_file() && meta.len() > limit as u64 {
         return Err(ReadError::TooLarge { limit });
     }
-    let mut bytes = Zeroizing::new(Vec::new());
-    let mut chunk = Zeroizing::new(vec![0u8; 64 * 1024]);
+    // A regular file's size is known: one allocation, never moved (a moved buffer would leave
+    // its old copy behind unzeroed). A stream grows through `append`, which zeroes as it goes.
+    let expected = if kind.is_file() {
+        meta.len() as usize + 1
+    } else {
+        8192
+    };
+    let mut bytes = Zeroizing::new(Vec::with_capacity(expected.min(limit + 1)));
+    let mut chunk = Zeroizing::new([0u8; 8192]);
     loop {
         if stream {
             let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
@@ -179,13 +186,13 @@ fn read_file(
         } else if Instant::now() >= deadline {
             return Err(ReadError::TimedOut);
         }
-        match file.read(&mut chunk) {
+        match file.read(&mut chunk[..]) {
             Ok(0) => return Ok(bytes),
             Ok(n) => {
                 if bytes.len() + n > limit {
                     return Err(ReadError::TooLarge { limit });
                 }
-                bytes.extend_from_slice(&chunk[..n]);
+                append(&mut bytes, &chunk[..n]);
             }
             Err(e)
                 if matches!(
@@ -195,6 +202,18 @@ fn read_file(
             Err(e) => return Err(ReadError::Io(e)),
         }
     }
+}
+
+/// Appends without leaving a copy behind: when the buffer must grow, the bytes move to a new
+/// one and the old one is zeroed as it is dropped (`Vec`'s own growth would free it as it is).
+fn append(bytes: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    if bytes.capacity() - bytes.len() < data.len() {
+        let wanted = (bytes.len() + data.len()).max(bytes.capacity() * 2);
+        let mut bigger = Zeroizing::new(Vec::with_capacity(wanted));
+        bigger.extend_from_slice(bytes);
+        *bytes = bigger;
+    }
+    bytes.extend_from_slice(data);
 }
 
 fn describe(kind: &std::fs::FileType) -> &'static str {
