@@ -1,5 +1,5 @@
 //! The audit log: one JSON object per line, appended to a file created with mode 0600, for every
-//! event of a supervised run (resolve, start, reload, restart, signal, overlap, stale-serve, stop,
+//! event of a run ([`Event`]: resolve, start, reload, restart, signal, overlap, stale-serve, stop,
 //! exit). Records name variables, backends, paths, versions, outcomes and exit codes; never a
 //! value, never a hash of one (a short secret's SHA-256 can be brute-forced), and never an error
 //! message (a provider's stderr may print the value it failed to deliver).
@@ -9,9 +9,252 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
-use crate::resolve::{Outcome, ResolveFailure, ResolvedVar};
+use crate::error::Error;
+use crate::failure::ResolveFailure;
+use crate::resolve::{Outcome, ResolvedVar};
+
+/// Why secret-run resolved: the first start, the reload signal, `watch`, a restart after the
+/// child failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Start,
+    Signal,
+    Watch,
+    Restart,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Signal => "signal",
+            Trigger::Watch => "watch",
+            Trigger::Restart => "restart",
+        }
+    }
+}
+
+/// One variable of a resolve, as the log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarRecord {
+    pub var: String,
+    pub backend: String,
+    pub path: String,
+    pub version: Option<String>,
+    pub outcome: &'static str,
+}
+
+impl VarRecord {
+    pub fn all(vars: &[ResolvedVar]) -> Vec<VarRecord> {
+        vars.iter()
+            .map(|v| VarRecord {
+                var: v.name.to_string(),
+                backend: v.backend.clone(),
+                path: v.path.clone(),
+                version: v.version.clone(),
+                outcome: match &v.outcome {
+                    Outcome::Value(_) => "ok",
+                    Outcome::Default(_) => "default",
+                    Outcome::Absent => "absent",
+                    Outcome::Failed(e) => e.kind.label(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// Why a resolve could not give the command its values, as the log records it: the exit code
+/// it means and each variable that failed with its outcome word. No message text: a provider's
+/// stderr or a server's error can carry a value, and the log promises never to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: u8,
+    /// Variable, backend, outcome word.
+    pub failed: Vec<(String, String, &'static str)>,
+}
+
+impl Failure {
+    pub fn of(failure: &ResolveFailure) -> Failure {
+        let by_backend = failure
+            .backends
+            .iter()
+            .flat_map(|b| b.vars.iter().map(move |name| (name, &b.backend, &b.error)));
+        let by_var = failure.vars.iter().map(|v| (&v.name, &v.backend, &v.error));
+        Failure {
+            code: failure.exit_code(),
+            failed: by_backend
+                .chain(by_var)
+                .map(|(name, backend, error)| {
+                    (name.to_string(), backend.clone(), error.kind.label())
+                })
+                .collect(),
+        }
+    }
+
+    fn fields(&self) -> Map<String, Value> {
+        let failed: Vec<Value> = self
+            .failed
+            .iter()
+            .map(|(var, backend, outcome)| {
+                json!({ "var": var, "backend": backend, "outcome": outcome })
+            })
+            .collect();
+        object(json!({ "code": self.code, "failed": failed }))
+    }
+}
+
+/// What a reload found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// These variables have new values (or appeared, or went away).
+    Changed(Vec<String>),
+    Unchanged,
+    /// The backends could not give every value; the child keeps the ones it has, last confirmed
+    /// `age_s` seconds ago.
+    Failed {
+        failure: Failure,
+        age_s: u64,
+    },
+}
+
+/// One record of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Every variable of a resolve, with its outcome.
+    Resolve {
+        trigger: Trigger,
+        vars: Vec<VarRecord>,
+    },
+    /// The first resolve failed: nothing was started.
+    StartFailed(Failure),
+    /// A signal ended secret-run before the command was started.
+    StartInterrupted { signal: Signal, code: u8 },
+    /// `--exec`: the command replaced secret-run, keeping its PID.
+    Exec { pid: i32 },
+    /// A child was started.
+    Start { pid: i32 },
+    /// The child ended by itself (or after a forwarded signal).
+    Exit { pid: i32, code: u8 },
+    /// A child was stopped by secret-run (a restart, an overlap hand-over).
+    Stop { pid: i32, code: u8 },
+    /// `on_change = "restart"`: the new child replaced the stopped one.
+    Restart { old_pid: i32, pid: i32 },
+    Reload {
+        trigger: Trigger,
+        outcome: ReloadOutcome,
+    },
+    /// `on_change = "signal"`: the child was told to re-read its secrets.
+    Signal { pid: i32, signal: Signal },
+    /// `on_change = "overlap"`: a new child is tried beside the old one.
+    OverlapStart { old_pid: i32, pid: i32 },
+    /// The new child was ready; the old one has been stopped.
+    Overlap { old_pid: i32, pid: i32 },
+    /// The new child was not ready in time (or ended): it was stopped, the old one kept.
+    OverlapFailed { pid: i32, code: u8 },
+    /// The child was restarted on last-known-good values: the backends could not be reached.
+    StaleServe { failure: Failure, age_s: u64 },
+    /// The child was not restarted: its last-known-good values are older than `max_stale`.
+    StaleRefused { failure: Failure, age_s: u64 },
+}
+
+impl Event {
+    /// The record's `event` word and its other fields, in the order they are written.
+    fn fields(&self) -> (&'static str, Map<String, Value>) {
+        match self {
+            Event::Resolve { trigger, vars } => {
+                let vars: Vec<Value> = vars.iter().map(describe).collect();
+                (
+                    "resolve",
+                    object(json!({ "trigger": trigger.as_str(), "vars": vars })),
+                )
+            }
+            Event::StartFailed(failure) => ("start-failed", failure.fields()),
+            Event::StartInterrupted { signal, code } => (
+                "start-failed",
+                object(json!({ "signal": signal.as_str(), "code": code })),
+            ),
+            Event::Exec { pid } => ("exec", object(json!({ "pid": pid }))),
+            Event::Start { pid } => ("start", object(json!({ "pid": pid }))),
+            Event::Exit { pid, code } => ("exit", exit_fields(*pid, *code)),
+            Event::Stop { pid, code } => ("stop", exit_fields(*pid, *code)),
+            Event::Restart { old_pid, pid } => {
+                ("restart", object(json!({ "old_pid": old_pid, "pid": pid })))
+            }
+            Event::Reload { trigger, outcome } => {
+                let fields = match outcome {
+                    ReloadOutcome::Failed { failure, age_s } => {
+                        let mut fields = failure.fields();
+                        fields.extend(object(json!({
+                            "trigger": trigger.as_str(),
+                            "outcome": "failed",
+                            "values_age_s": age_s,
+                        })));
+                        fields
+                    }
+                    ReloadOutcome::Changed(names) => object(
+                        json!({ "trigger": trigger.as_str(), "outcome": "changed", "changed": names }),
+                    ),
+                    ReloadOutcome::Unchanged => object(
+                        json!({ "trigger": trigger.as_str(), "outcome": "unchanged", "changed": [] }),
+                    ),
+                };
+                ("reload", fields)
+            }
+            Event::Signal { pid, signal } => (
+                "signal",
+                object(json!({ "pid": pid, "signal": signal.as_str() })),
+            ),
+            Event::OverlapStart { old_pid, pid } => (
+                "overlap-start",
+                object(json!({ "old_pid": old_pid, "pid": pid })),
+            ),
+            Event::Overlap { old_pid, pid } => {
+                ("overlap", object(json!({ "old_pid": old_pid, "pid": pid })))
+            }
+            Event::OverlapFailed { pid, code } => ("overlap-failed", exit_fields(*pid, *code)),
+            Event::StaleServe { failure, age_s } => ("stale-serve", aged(failure, *age_s)),
+            Event::StaleRefused { failure, age_s } => ("stale-refused", aged(failure, *age_s)),
+        }
+    }
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn aged(failure: &Failure, age_s: u64) -> Map<String, Value> {
+    let mut fields = failure.fields();
+    fields.insert("values_age_s".into(), json!(age_s));
+    fields
+}
+
+/// `pid` and `code`, and the signal's name when a signal ended the child.
+fn exit_fields(pid: i32, code: u8) -> Map<String, Value> {
+    if code > 128 {
+        let sig = Signal::try_from(i32::from(code - 128)).map_or("?", Signal::as_str);
+        object(json!({ "pid": pid, "code": code, "signal": sig }))
+    } else {
+        object(json!({ "pid": pid, "code": code }))
+    }
+}
+
+fn describe(v: &VarRecord) -> Value {
+    let mut m = Map::new();
+    m.insert("var".into(), json!(v.var));
+    m.insert("backend".into(), json!(v.backend));
+    m.insert("path".into(), json!(v.path));
+    if let Some(version) = &v.version {
+        m.insert("version".into(), json!(version));
+    }
+    m.insert("outcome".into(), json!(v.outcome));
+    Value::Object(m)
+}
 
 #[derive(Debug)]
 pub struct Audit {
@@ -23,7 +266,7 @@ pub struct Audit {
 
 #[derive(Debug)]
 struct Writer {
-    lines: std::sync::mpsc::Sender<String>,
+    records: std::sync::mpsc::Sender<(std::time::SystemTime, Event)>,
     done: std::sync::mpsc::Receiver<()>,
 }
 
@@ -71,10 +314,12 @@ impl Audit {
     /// Opens (creating, 0600) the log for appending; `None` writes nothing.
     /// Checks that the log can be written before anything starts. Each record then opens the
     /// file again, so that a log moved away by logrotate is followed by a new one.
-    pub fn open(path: Option<&Path>, name: Option<&str>) -> Result<Audit, String> {
+    pub fn open(path: Option<&Path>, name: Option<&str>) -> Result<Audit, Error> {
         if let Some(p) = path {
-            open_append(p)
-                .map_err(|e| format!("cannot open the audit log {}: {e}", p.display()))?;
+            open_append(p).map_err(|source| Error::Audit {
+                path: p.to_path_buf(),
+                source,
+            })?;
         }
         Ok(Audit {
             path: path.map(Path::to_path_buf),
@@ -83,110 +328,73 @@ impl Audit {
         })
     }
 
-    /// From now on records are written by a thread of their own: the supervisor's event loop
-    /// (signals, reaping) never waits on the log's filesystem.
+    /// From now on records are written (and serialized) by a thread of their own: the
+    /// supervisor's event loop (signals, reaping) never waits on the log's filesystem.
     pub fn in_background(&mut self) {
         let Some(path) = self.path.clone() else {
             return;
         };
-        let (lines, rx) = std::sync::mpsc::channel::<String>();
+        let name = self.name.clone();
+        let (records, rx) = std::sync::mpsc::channel::<(std::time::SystemTime, Event)>();
         let (finished, done) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("audit-log".into())
             .spawn(move || {
-                for line in rx {
-                    append(&path, &line);
+                for (at, event) in rx {
+                    append(&path, &line(at, name.as_deref(), &event));
                 }
                 let _ = finished.send(());
             });
         match spawned {
-            Ok(_) => self.writer = Some(Writer { lines, done }),
+            Ok(_) => self.writer = Some(Writer { records, done }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the audit log's writer; writing inline")
             }
         }
     }
 
-    /// Appends one event. A failed write is logged, not fatal: the service keeps running.
-    pub fn event(&mut self, event: &str, fields: Value) {
+    /// Appends one record. A failed write is logged, not fatal: the service keeps running.
+    pub fn record(&mut self, event: Event) {
         let Some(path) = &self.path else {
             return;
         };
-        let mut record = Map::new();
-        record.insert(
-            "ts".into(),
-            Value::String(
-                humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            ),
-        );
-        if let Some(name) = &self.name {
-            record.insert("name".into(), Value::String(name.clone()));
-        }
-        record.insert("event".into(), Value::String(event.into()));
-        if let Value::Object(extra) = fields {
-            record.extend(extra);
-        }
-        let mut line = Value::Object(record).to_string();
-        line.push('\n');
+        let at = std::time::SystemTime::now();
         match &self.writer {
             Some(w) => {
-                if let Err(unsent) = w.lines.send(line) {
-                    append(path, &unsent.0);
+                if let Err(unsent) = w.records.send((at, event)) {
+                    let (at, event) = unsent.0;
+                    append(path, &line(at, self.name.as_deref(), &event));
                 }
             }
-            None => append(path, &line),
+            None => append(path, &line(at, self.name.as_deref(), &event)),
         }
     }
-
-    /// The outcome of every variable of a resolve: backend, path, version, outcome.
-    pub fn resolve(&mut self, trigger: &str, vars: &[ResolvedVar]) {
-        let vars: Vec<Value> = vars.iter().map(describe).collect();
-        self.event("resolve", json!({ "trigger": trigger, "vars": vars }));
-    }
 }
 
-/// Why a resolve could not give the command its values, as the audit log records it: the exit
-/// code it means and each variable that failed with its outcome word. No message text: a
-/// provider's stderr or a server's error can carry a value, and the log promises never to.
-pub fn failure(failure: &ResolveFailure) -> Value {
-    let by_backend = failure
-        .backends
-        .iter()
-        .flat_map(|b| b.vars.iter().map(move |name| (name, &b.backend, &b.error)));
-    let by_var = failure.vars.iter().map(|v| (&v.name, &v.backend, &v.error));
-    let failed: Vec<Value> = by_backend
-        .chain(by_var)
-        .map(|(name, backend, error)| {
-            json!({ "var": name.as_str(), "backend": backend, "outcome": error.kind.label() })
-        })
-        .collect();
-    json!({ "code": failure.exit_code(), "failed": failed })
-}
-
-fn describe(v: &ResolvedVar) -> Value {
-    let outcome = match &v.outcome {
-        Outcome::Value(_) => "ok",
-        Outcome::Default(_) => "default",
-        Outcome::Absent => "absent",
-        Outcome::Failed(e) => e.kind.label(),
-    };
-    let mut m = Map::new();
-    m.insert("var".into(), json!(v.name.as_str()));
-    m.insert("backend".into(), json!(v.backend));
-    m.insert("path".into(), json!(v.path));
-    if let Some(version) = &v.version {
-        m.insert("version".into(), json!(version));
+/// One JSON line: `ts`, `name` (the manifest's), `event`, then the event's fields.
+fn line(at: std::time::SystemTime, name: Option<&str>, event: &Event) -> String {
+    let (word, fields) = event.fields();
+    let mut record = Map::new();
+    record.insert(
+        "ts".into(),
+        Value::String(humantime::format_rfc3339_millis(at).to_string()),
+    );
+    if let Some(name) = name {
+        record.insert("name".into(), Value::String(name.to_owned()));
     }
-    m.insert("outcome".into(), json!(outcome));
-    Value::Object(m)
+    record.insert("event".into(), Value::String(word.into()));
+    record.extend(fields);
+    let mut line = Value::Object(record).to_string();
+    line.push('\n');
+    line
 }
 
 impl Drop for Audit {
     /// The last records (stop, exit) are written before secret-run exits, unless the log's
     /// filesystem hangs: then the exit is not held back longer than `FLUSH_WAIT`.
     fn drop(&mut self) {
-        if let Some(Writer { lines, done }) = self.writer.take() {
-            drop(lines);
+        if let Some(Writer { records, done }) = self.writer.take() {
+            drop(records);
             let _ = done.recv_timeout(FLUSH_WAIT);
         }
     }

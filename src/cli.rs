@@ -124,6 +124,6 @@ pub enum Sub {
     Man,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, crate::error::Invalid> {
     crate::duration::parse(s)
 }

@@ -8,17 +8,25 @@ use serde::{Deserialize, Deserializer};
 /// duration is added to a clock reading; bounding it here is what keeps that from overflowing.
 pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-pub fn parse(text: &str) -> Result<Duration, String> {
+/// `base`, doubled for each attempt after the first, never more than `cap`: the one back-off
+/// curve of secret-run (HTTP retries add jitter to it; restarts of a failing child do not).
+pub fn exponential(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(cap)
+}
+
+pub fn parse(text: &str) -> Result<Duration, crate::error::Invalid> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))?;
     if d.is_zero() {
-        return Err(format!("`{text}` is zero; a duration must be positive"));
+        return Err(format!("`{text}` is zero; a duration must be positive").into());
     }
     if d > MAX {
         return Err(format!(
             "`{text}` is longer than the longest duration accepted ({})",
             humantime::format_duration(MAX)
-        ));
+        )
+        .into());
     }
     Ok(d)
 }

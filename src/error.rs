@@ -1,38 +1,13 @@
-//! The top-level error type and the exit codes it maps to.
+//! The top-level error type and the exit code each failure maps to ([`crate::code`]).
 //!
-//! Every message here names the file, variable, backend or path involved and says what to do;
-//! none ever carries a secret value. The table of codes is documented in `docs/lifecycle.md`.
+//! Every message here names the file, variable, backend or path involved, says what to do, and
+//! includes its cause, so that it is printed once and whole; none ever carries a secret value.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::resolve::ResolveFailure;
-
-/// Exit codes of secret-run's own failures. The child's code passes through unchanged, and a child
-/// killed by signal N gives 128 + N. The numbers follow `sysexits.h` where one fits.
-pub mod code {
-    /// Bad command line (unknown option, no command after `--`).
-    pub const USAGE: u8 = 64;
-    /// A required secret is missing, or its value cannot be used (not JSON for `key`, NUL byte, ...).
-    pub const SECRET_MISSING: u8 = 65;
-    /// A backend could not be reached or did not answer before the deadline.
-    pub const UNAVAILABLE: u8 = 69;
-    /// An internal error: a bug in secret-run.
-    pub const SOFTWARE: u8 = 70;
-    /// `init` could not write its files (exists without `--force`, or the write failed).
-    pub const CANT_CREATE: u8 = 73;
-    /// secret-run's own output could not be written: stdout closed (a pipe whose reader left)
-    /// or full (`/dev/full`, a full disk).
-    pub const IO_ERROR: u8 = 74;
-    /// A backend refused access (file permissions, a policy).
-    pub const PERMISSION_DENIED: u8 = 77;
-    /// The manifest is missing or invalid.
-    pub const CONFIG: u8 = 78;
-    /// The command was found but cannot be executed.
-    pub const CANNOT_EXECUTE: u8 = 126;
-    /// The command was not found.
-    pub const COMMAND_NOT_FOUND: u8 = 127;
-}
+use crate::code;
+use crate::failure::ResolveFailure;
 
 /// One problem found in the manifest, located in its file.
 #[derive(Debug, Clone)]
@@ -117,8 +92,12 @@ pub enum Error {
     Init(String),
 
     /// The audit log cannot be opened: nothing is started without the record the manifest asks for.
-    #[error("{0}; fix the path or its permissions in [audit]")]
-    Audit(String),
+    #[error("cannot open the audit log {}: {source}; fix the path or its permissions in [audit]", path.display())]
+    Audit {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     /// A terminating signal arrived before the command was started.
     #[error("stopped by {0} before the command started; nothing was started")]
@@ -128,7 +107,17 @@ pub enum Error {
     #[error("cannot write to standard output: {0}")]
     Output(std::io::Error),
 
-    #[error("internal error: {0}")]
+    /// The operating system refused something secret-run needs for itself (a thread, a pipe, a
+    /// signal handler): `what` says what it was doing.
+    #[error("cannot {what}: {source}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A bug in secret-run: a state its own code should never reach.
+    #[error("internal error (a bug in secret-run; please report it): {0}")]
     Internal(String),
 }
 
@@ -147,16 +136,47 @@ impl Error {
             Error::Resolve(f) => f.exit_code(),
             Error::CommandNotFound { .. } => code::COMMAND_NOT_FOUND,
             Error::CannotExecute { .. } => code::CANNOT_EXECUTE,
-            Error::AlreadyExists(_) | Error::Write { .. } | Error::Audit(_) => code::CANT_CREATE,
+            Error::AlreadyExists(_) | Error::Write { .. } | Error::Audit { .. } => {
+                code::CANT_CREATE
+            }
             Error::Output(_) => code::IO_ERROR,
             // As if the signal had ended secret-run, which is what the caller asked for.
             Error::Interrupted(sig) => 128u8.saturating_add(*sig as u8),
+            Error::Os { .. } => code::OS_ERROR,
             Error::Internal(_) => code::SOFTWARE,
         }
     }
 }
 
+impl Error {
+    /// An OS failure while doing `what` ("start a thread for the reads"), for `map_err`.
+    pub fn os<E: Into<std::io::Error>>(what: &'static str) -> impl FnOnce(E) -> Error {
+        move |e| Error::Os {
+            what,
+            source: e.into(),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A setting that cannot be used, in one sentence that names it and says what to write instead.
+/// The caller adds where it is (the manifest's file and line, the backend's table).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Self {
+        Invalid(message)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(message: &str) -> Self {
+        Invalid(message.to_owned())
+    }
+}
 
 /// ` (did you mean `x`?)` when one candidate is close to `word`, else an empty string.
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {

@@ -51,7 +51,7 @@ impl ReadError {
     /// deadline as an outage, and a file of the wrong kind or size as an unusable value.
     pub fn into_secret_error(self, what: &str) -> SecretError {
         match self {
-            ReadError::Io(e) => SecretError::from_io(what, &e),
+            ReadError::Io(e) => SecretError::from_io(what, e),
             ReadError::Outside(_) => SecretError::denied(format!("cannot read {what}: {self}")),
             ReadError::TimedOut => SecretError::unavailable(format!("cannot read {what}: {self}")),
             ReadError::TooLarge { .. } | ReadError::NotAccepted(_) => {

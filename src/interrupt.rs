@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
+use crate::error::Error;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
@@ -30,14 +31,14 @@ pub struct Interrupts {
 }
 
 impl Interrupts {
-    pub fn block() -> Result<Interrupts, String> {
+    pub fn block() -> Result<Interrupts, Error> {
         let mut set = SigSet::empty();
         TERMINATING.iter().for_each(|s| set.add(*s));
         let previous = set
             .thread_swap_mask(SigmaskHow::SIG_BLOCK)
-            .map_err(|e| format!("cannot block signals during the resolve: {e}"))?;
+            .map_err(Error::os("block signals during the resolve"))?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| format!("cannot read signals during the resolve (signalfd): {e}"))?;
+            .map_err(Error::os("read signals during the resolve (signalfd)"))?;
         Ok(Interrupts { fd, previous })
     }
 

@@ -9,19 +9,19 @@
 //! forwarding signals, reloading on rotation and passing its exit code through ([`launch`]).
 //!
 //! Errors name the file and line, or the variable, backend and path, and never a value; each maps
-//! to a documented exit code ([`error::code`]).
+//! to a documented exit code ([`code`]).
 
 pub mod app;
 pub mod audit;
 pub mod backend;
-pub mod check;
 pub mod cli;
+pub mod code;
 pub mod duration;
 pub mod error;
+pub mod failure;
 pub mod fsread;
 #[cfg(test)]
 mod fuzz;
-pub mod init;
 pub mod interrupt;
 pub mod launch;
 pub mod logging;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secret_run::cli::Cli;
-use secret_run::error::code;
+use secret_run::code;
 use secret_run::output::warn_line;
 
 fn main() -> ExitCode {
@@ -22,19 +22,11 @@ fn main() -> ExitCode {
         }
     };
     secret_run::logging::init(cli.global.verbose, cli.global.quiet);
-    if let Err(e) = secret_run::protect::lock_down() {
-        warn_line(&format!("secret-run: error: {e}"));
-        return ExitCode::from(code::SOFTWARE);
-    }
-    match secret_run::app::run(cli) {
+    match secret_run::protect::lock_down().and_then(|()| secret_run::app::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
+            // Every message carries its cause: printed once, whole.
             warn_line(&format!("secret-run: error: {err}"));
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                warn_line(&format!("  caused by: {cause}"));
-                source = cause.source();
-            }
             ExitCode::from(err.exit_code())
         }
     }

@@ -8,21 +8,22 @@
 
 use std::sync::OnceLock;
 
+use crate::error::Error;
 use nix::sys::resource::{Resource, getrlimit, rlim_t, setrlimit};
 
 /// The core-file limits secret-run started with, for the command.
 static CORE_LIMIT: OnceLock<(rlim_t, rlim_t)> = OnceLock::new();
 
 /// Called first thing in `main`, before the manifest names a single secret.
-pub fn lock_down() -> Result<(), String> {
+pub fn lock_down() -> Result<(), Error> {
     nix::sys::prctl::set_dumpable(false)
-        .map_err(|e| format!("cannot make secret-run non-dumpable (PR_SET_DUMPABLE): {e}"))?;
-    let (soft, hard) = getrlimit(Resource::RLIMIT_CORE)
-        .map_err(|e| format!("cannot read the core-file limit: {e}"))?;
+        .map_err(Error::os("make secret-run non-dumpable (PR_SET_DUMPABLE)"))?;
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_CORE).map_err(Error::os("read the core-file limit"))?;
     let _ = CORE_LIMIT.set((soft, hard));
     // Only the soft limit: the hard one stays, so that the command can have its own back.
     setrlimit(Resource::RLIMIT_CORE, 0, hard)
-        .map_err(|e| format!("cannot turn off core files (RLIMIT_CORE): {e}"))
+        .map_err(Error::os("turn off core files (RLIMIT_CORE)"))
 }
 
 /// Gives the process the core limit secret-run started with: for the command, just before its

@@ -3,8 +3,6 @@
 //! of a run is collected, so that three missing secrets are one error listing three.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -14,8 +12,9 @@ use tokio::time::Instant;
 use nix::poll::{PollFd, PollFlags};
 use std::os::fd::AsFd;
 
-use crate::backend::{Backend, Fetched, Request};
+use crate::backend::{Fetched, Handle, Reader, Request};
 use crate::error::Error;
+use crate::failure::{BackendFailure, ResolveFailure, VarProblem};
 use crate::fsread::wait_readable;
 use crate::interrupt::Interrupts;
 use crate::manifest::plan::{Plan, PlannedVar};
@@ -48,14 +47,6 @@ impl ResolvedVar {
             Outcome::Absent | Outcome::Failed(_) => None,
         }
     }
-}
-
-/// A backend that failed as a whole, and the variables that needed it.
-#[derive(Debug)]
-pub struct BackendFailure {
-    pub backend: String,
-    pub error: SecretError,
-    pub vars: Vec<EnvName>,
 }
 
 #[derive(Debug)]
@@ -96,84 +87,54 @@ impl Resolution {
     }
 }
 
-#[derive(Debug)]
-pub struct VarProblem {
-    pub name: EnvName,
-    pub backend: String,
-    pub path: String,
-    pub error: SecretError,
-}
-
-/// Every problem of one resolve, for the error message and the exit code.
-#[derive(Debug)]
-pub struct ResolveFailure {
-    pub backends: Vec<BackendFailure>,
-    pub vars: Vec<VarProblem>,
-}
-
-impl ResolveFailure {
-    fn kinds(&self) -> impl Iterator<Item = ErrorKind> + '_ {
-        self.backends
-            .iter()
-            .map(|b| b.error.kind)
-            .chain(self.vars.iter().map(|v| v.error.kind))
-    }
-
-    /// A backend that cannot even be configured explains the rest, then an outage, then a
-    /// refusal, then missing or invalid values.
-    pub fn exit_code(&self) -> u8 {
-        let kinds: Vec<ErrorKind> = self.kinds().collect();
-        [
-            ErrorKind::Misconfigured,
-            ErrorKind::Unavailable,
-            ErrorKind::PermissionDenied,
-            ErrorKind::NotFound,
-            ErrorKind::Invalid,
-        ]
-        .into_iter()
-        .find(|k| kinds.contains(k))
-        .unwrap_or(ErrorKind::NotFound)
-        .exit_code()
-    }
-}
-
-impl fmt::Display for ResolveFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.vars.len() + self.backends.iter().map(|b| b.vars.len()).sum::<usize>();
-        write!(
-            f,
-            "cannot resolve {count} secret{}:",
-            if count == 1 { "" } else { "s" }
-        )?;
-        for b in &self.backends {
-            let names: Vec<&str> = b.vars.iter().map(EnvName::as_str).collect();
-            write!(
-                f,
-                "\n  backend `{}`: {}\n    needed by {}",
-                b.backend,
-                b.error,
-                names.join(", ")
-            )?;
-        }
-        for v in &self.vars {
-            write!(
-                f,
-                "\n  {} (backend `{}`, path `{}`): {}",
-                v.name, v.backend, v.path, v.error
-            )?;
-        }
-        Ok(())
-    }
-}
-
 type BackendResults = HashMap<Request, Result<Fetched, SecretError>>;
 type Results = HashMap<String, Result<BackendResults, SecretError>>;
 
 /// The distinct reads one backend must do.
 struct Batch {
     name: String,
-    backend: Arc<Backend>,
+    backend: Handle,
     requests: Vec<Request>,
+}
+
+/// One resolve of a plan: its batches, its deadline, and what came back. Both ways of running
+/// it (a reader thread for local backends only, the async runtime otherwise) share it.
+struct Round<'p> {
+    plan: &'p Plan,
+    timeout: Duration,
+    started: std::time::Instant,
+    names: Vec<String>,
+}
+
+impl<'p> Round<'p> {
+    fn new(plan: &'p Plan, timeout: Duration) -> (Round<'p>, Vec<Batch>) {
+        let batches = batches(plan);
+        let round = Round {
+            plan,
+            timeout,
+            started: std::time::Instant::now(),
+            names: batches.iter().map(|b| b.name.clone()).collect(),
+        };
+        tracing::debug!(
+            variables = plan.vars.len(),
+            backends = round.names.len(),
+            "resolving"
+        );
+        (round, batches)
+    }
+
+    fn deadline(&self) -> std::time::Instant {
+        self.started + self.timeout
+    }
+
+    /// Gives each variable its outcome; backends with no answer fail as a whole.
+    fn finish(self, results: Results) -> Resolution {
+        tracing::debug!(
+            elapsed_us = self.started.elapsed().as_micros() as u64,
+            "resolve finished"
+        );
+        assemble(self.plan, results, &self.names, self.timeout)
+    }
 }
 
 fn batches(plan: &Plan) -> Vec<Batch> {
@@ -189,11 +150,19 @@ fn batches(plan: &Plan) -> Vec<Batch> {
         .filter_map(|(name, requests)| {
             plan.backends.get(name).map(|backend| Batch {
                 name: name.to_owned(),
-                backend: Arc::clone(backend),
+                backend: backend.clone(),
                 requests: requests.into_iter().collect(),
             })
         })
         .collect()
+}
+
+/// One thread: resolving is I/O-bound and a single-threaded runtime starts in microseconds.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::os("start the async runtime"))
 }
 
 /// Resolves every variable of the plan within `timeout`, outside any async context, giving up
@@ -205,16 +174,21 @@ pub fn resolve_blocking(
     timeout: Duration,
     interrupts: &Interrupts,
 ) -> Result<Resolution, Error> {
-    if plan.backends.values().all(|b| b.is_local()) {
-        return resolve_local(plan, timeout, interrupts);
+    let (round, batches) = Round::new(plan, timeout);
+    if batches
+        .iter()
+        .all(|b| b.backend.backend.reader().is_local())
+    {
+        let results = read_on_thread(batches, round.deadline(), interrupts)?;
+        return Ok(round.finish(results));
     }
-    let rt = crate::app::runtime()?;
+    let rt = runtime()?;
     let outcome = rt.block_on(async {
         // Watched from a blocking thread: the runtime is shut down without waiting for it.
         let watched = interrupts
             .fd()
             .try_clone_to_owned()
-            .map_err(|e| Error::Internal(format!("cannot watch for signals: {e}")))?;
+            .map_err(Error::os("watch for signals"))?;
         let interrupted = async {
             loop {
                 let Ok(fd) = watched.try_clone() else {
@@ -230,36 +204,35 @@ pub fn resolve_blocking(
             }
         };
         tokio::select! {
-            resolution = resolve(plan, timeout) => Ok(resolution),
+            results = read_async(batches, round.deadline()) => Ok(results),
             sig = interrupted => Err(Error::Interrupted(sig)),
         }
     });
     // A read stuck past the deadline must not hold the exit back; dropping the unfinished
     // reads kills the provider programs still running, and their process groups.
     rt.shutdown_background();
-    outcome
+    Ok(round.finish(outcome?))
+}
+
+/// Resolves every variable of the plan within `timeout`, inside a runtime: every backend at once.
+pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
+    let (round, batches) = Round::new(plan, timeout);
+    let results = read_async(batches, round.deadline()).await;
+    round.finish(results)
 }
 
 /// The local reads, on a thread of their own: a read can block (a file on a hung network
 /// filesystem), and the deadline and the signals must still be heard.
-fn resolve_local(
-    plan: &Plan,
-    timeout: Duration,
+fn read_on_thread(
+    batches: Vec<Batch>,
+    deadline: std::time::Instant,
     interrupts: &Interrupts,
-) -> Result<Resolution, Error> {
+) -> Result<Results, Error> {
     use std::io::{Read, Write};
-    let started = std::time::Instant::now();
-    let deadline = started + timeout;
-    let batches = batches(plan);
-    let names: Vec<String> = batches.iter().map(|b| b.name.clone()).collect();
-    tracing::debug!(
-        variables = plan.vars.len(),
-        backends = names.len(),
-        "resolving (local backends)"
-    );
+    let count = batches.len();
     let (tx, rx) = std::sync::mpsc::channel();
-    let (mut wake, mut woken) = std::os::unix::net::UnixStream::pair()
-        .map_err(|e| Error::Internal(format!("cannot set up the reads: {e}")))?;
+    let (mut wake, mut woken) =
+        std::os::unix::net::UnixStream::pair().map_err(Error::os("set up the reads"))?;
     let reader = move || {
         for b in batches {
             let result = read_local(&b, deadline);
@@ -271,9 +244,9 @@ fn resolve_local(
     std::thread::Builder::new()
         .name("local-reads".into())
         .spawn(reader)
-        .map_err(|e| Error::Internal(format!("cannot start a thread for the reads: {e}")))?;
+        .map_err(Error::os("start a thread for the reads"))?;
     let mut results = Results::new();
-    while results.len() < names.len() {
+    while results.len() < count {
         let mut fds = [
             PollFd::new(woken.as_fd(), PollFlags::POLLIN),
             PollFd::new(interrupts.fd(), PollFlags::POLLIN),
@@ -281,7 +254,7 @@ fn resolve_local(
         match wait_readable(&mut fds, Some(deadline)) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => return Err(Error::Internal(format!("cannot wait for the reads: {e}"))),
+            Err(e) => return Err(Error::os("wait for the reads")(e)),
         }
         if let Some(sig) = interrupts.take() {
             return Err(Error::Interrupted(sig));
@@ -294,42 +267,80 @@ fn resolve_local(
             results.insert(name, result);
         }
     }
-    tracing::debug!(
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "reads finished"
-    );
-    Ok(assemble(plan, results, &names, timeout))
+    Ok(results)
+}
+
+/// Every backend at once, in the runtime; local reads on blocking threads, never inline: this
+/// runtime also runs the supervisor's event loop, which a read stuck on a hung filesystem must
+/// not freeze. Backends with no answer by the deadline are left out (`assemble` says why).
+async fn read_async(batches: Vec<Batch>, deadline: std::time::Instant) -> Results {
+    let deadline = Instant::from_std(deadline);
+    let mut tasks = JoinSet::new();
+    let mut task_backend = HashMap::new();
+    for batch in batches {
+        let name = batch.name.clone();
+        let handle = tasks.spawn(async move {
+            let name = batch.name.clone();
+            let result = if batch.backend.backend.reader().is_local() {
+                let until = deadline.into_std();
+                tokio::task::spawn_blocking(move || read_local(&batch, until))
+                    .await
+                    .unwrap_or_else(|_| Err(SecretError::bug("a local read panicked")))
+            } else {
+                read_remote(&batch, deadline).await
+            };
+            (name, result)
+        });
+        task_backend.insert(handle.id(), name);
+    }
+    let mut results = Results::new();
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
+            Ok(Some(Ok((_, (name, result))))) => {
+                results.insert(name, result);
+            }
+            Ok(Some(Err(join_error))) => {
+                if let Some(name) = task_backend.get(&join_error.id()) {
+                    results.insert(
+                        name.clone(),
+                        Err(SecretError::bug("a backend's read panicked")),
+                    );
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Dropping the tasks cancels their requests and kills any provider program still running.
+    tasks.abort_all();
+    results
 }
 
 fn read_local(b: &Batch, deadline: std::time::Instant) -> Result<BackendResults, SecretError> {
     let started = std::time::Instant::now();
-    let result = b
-        .backend
-        .fetch_local(&b.requests, deadline)
-        .unwrap_or_else(|| Err(bug("a remote backend was read as local")));
+    let result = match b.backend.backend.reader() {
+        Reader::Local(r) => r.fetch(&b.requests, deadline),
+        Reader::Remote(_) => Err(SecretError::bug(
+            "a remote backend was read on a local thread",
+        )),
+    };
     log_answer(b, started.elapsed(), result.is_ok());
     pair(&b.requests, result)
 }
 
 async fn read_remote(b: &Batch, deadline: Instant) -> Result<BackendResults, SecretError> {
     let started = Instant::now();
-    let result = b
-        .backend
-        .fetch_remote(&b.requests, deadline)
-        .await
-        .unwrap_or_else(|| Err(bug("a local backend was read as remote")));
+    let result = match b.backend.backend.reader() {
+        Reader::Remote(r) => r.fetch(&b.requests, deadline).await,
+        Reader::Local(_) => Err(SecretError::bug("a local backend was read in the runtime")),
+    };
     log_answer(b, started.elapsed(), result.is_ok());
     pair(&b.requests, result)
-}
-
-fn bug(what: &str) -> SecretError {
-    SecretError::unavailable(format!("{what} (a bug in secret-run; please report it)"))
 }
 
 fn log_answer(b: &Batch, elapsed: Duration, ok: bool) {
     tracing::debug!(
         backend = %b.name,
-        kind = b.backend.kind(),
+        kind = b.backend.kind,
         paths = b.requests.len(),
         elapsed_us = elapsed.as_micros() as u64,
         ok,
@@ -344,65 +355,11 @@ fn pair(
 ) -> Result<BackendResults, SecretError> {
     let values = result?;
     if values.len() != requests.len() {
-        return Err(bug("the backend returned a wrong number of results"));
+        return Err(SecretError::bug(
+            "the backend returned a wrong number of results",
+        ));
     }
     Ok(requests.iter().cloned().zip(values).collect())
-}
-
-/// Resolves every variable of the plan within `timeout`, inside a runtime: every backend at once.
-pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
-    let started = Instant::now();
-    let deadline = started + timeout;
-    let batches = batches(plan);
-    let names: Vec<String> = batches.iter().map(|b| b.name.clone()).collect();
-    tracing::debug!(
-        variables = plan.vars.len(),
-        backends = names.len(),
-        "resolving"
-    );
-
-    let mut tasks = JoinSet::new();
-    let mut task_backend = HashMap::new();
-    for batch in batches {
-        let name = batch.name.clone();
-        let handle = tasks.spawn(async move {
-            let name = batch.name.clone();
-            // Never inline here, unlike `resolve_local`: this runtime also runs the supervisor's
-            // event loop, which a read stuck on a hung filesystem must not freeze.
-            let result = if batch.backend.is_local() {
-                let until = deadline.into_std();
-                tokio::task::spawn_blocking(move || read_local(&batch, until))
-                    .await
-                    .unwrap_or_else(|_| Err(bug("a local read failed unexpectedly")))
-            } else {
-                read_remote(&batch, deadline).await
-            };
-            (name, result)
-        });
-        task_backend.insert(handle.id(), name);
-    }
-
-    let mut results = Results::new();
-    loop {
-        match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
-            Ok(Some(Ok((_, (name, result))))) => {
-                results.insert(name, result);
-            }
-            Ok(Some(Err(join_error))) => {
-                if let Some(name) = task_backend.get(&join_error.id()) {
-                    results.insert(name.clone(), Err(bug("the backend failed unexpectedly")));
-                }
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    // Dropping the tasks cancels their requests and kills any provider program still running.
-    tasks.abort_all();
-    tracing::debug!(
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "resolve finished"
-    );
-    assemble(plan, results, &names, timeout)
 }
 
 /// Gives each variable its outcome; backends with no answer by the deadline fail as a whole.

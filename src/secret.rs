@@ -8,7 +8,7 @@ use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::error::code;
+use crate::code;
 
 /// Linux refuses an environment string (`NAME=value` plus its NUL) longer than 32 pages
 /// (`MAX_ARG_STRLEN`); checking here turns an obscure `E2BIG` from execve into a clear error.
@@ -103,6 +103,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The backend's configuration is incomplete where only run time can tell (no AWS region).
     Misconfigured,
+    /// A bug in secret-run (a backend broke its contract): exit 70, never blamed on the secrets.
+    Internal,
 }
 
 impl ErrorKind {
@@ -112,6 +114,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => code::PERMISSION_DENIED,
             ErrorKind::Unavailable => code::UNAVAILABLE,
             ErrorKind::Misconfigured => code::CONFIG,
+            ErrorKind::Internal => code::SOFTWARE,
         }
     }
 
@@ -123,21 +126,38 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "denied",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Misconfigured => "misconfigured",
+            ErrorKind::Internal => "internal",
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a value could not be produced: a kind (which decides the exit code, and whether a cache
+/// or a retry may step in), a message that names what failed and says what to do, and the
+/// underlying error when there is one. The message already includes what the source says that
+/// matters, so it is printed alone; the source is for code that must tell causes apart.
+#[derive(Debug, Clone)]
 pub struct SecretError {
     pub kind: ErrorKind,
     pub message: String,
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// Two errors are the same when they say the same thing: the source adds no difference a reader
+/// would see (used to say an error shared by every read once).
+impl PartialEq for SecretError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for SecretError {}
 
 impl SecretError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         SecretError {
             kind,
             message: message.into(),
+            source: None,
         }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -155,15 +175,36 @@ impl SecretError {
     pub fn misconfigured(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Misconfigured, message)
     }
+    /// A backend broke its contract with the resolver (a bug, exit 70).
+    pub fn bug(what: &str) -> Self {
+        Self::new(
+            ErrorKind::Internal,
+            format!("{what} (a bug in secret-run; please report it)"),
+        )
+    }
+
+    /// Keeps the error this one explains.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
 
     /// Classifies an I/O error on `what` (a file, a program) without losing the OS's reason.
-    pub fn from_io(what: &str, err: &std::io::Error) -> Self {
+    pub fn from_io(what: &str, err: std::io::Error) -> Self {
         let kind = match err.kind() {
             std::io::ErrorKind::NotFound => ErrorKind::NotFound,
             std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
             _ => ErrorKind::Unavailable,
         };
-        SecretError::new(kind, format!("cannot read {what}: {err}"))
+        SecretError::new(kind, format!("cannot read {what}: {err}")).with_source(err)
+    }
+}
+
+impl std::error::Error for SecretError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 

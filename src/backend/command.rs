@@ -25,8 +25,23 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{Fetched, Request};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::{Backend, Context, FetchResult, Fetched, Kind, Reader, RemoteRead, Request, typed};
+use crate::error::Invalid;
 use crate::secret::{SecretError, strip_one_newline, value_from_bytes};
+
+pub const KIND: Kind = Kind {
+    name: "command",
+    builtin: false,
+    parse: |table| {
+        let config = typed::<Config>(table)?;
+        config.validate()?;
+        Ok(Box::new(config))
+    },
+};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Enough to overlap slow providers without starting a process storm.
@@ -57,12 +72,18 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         match self.argv.first() {
             None => Err("`argv` cannot be empty: name the program and its arguments, e.g. [\"op\", \"read\"]".into()),
             Some(p) if p.trim().is_empty() => Err("`argv[0]` (the program) cannot be empty".into()),
             Some(_) => Ok(()),
         }
+    }
+}
+
+impl super::Config for Config {
+    fn build(&self, _ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
+        Ok(Arc::new(CommandBackend::new(self)))
     }
 }
 
@@ -73,8 +94,24 @@ pub struct CommandBackend {
     timeout: Duration,
 }
 
+impl Backend for CommandBackend {
+    fn reader(&self) -> Reader<'_> {
+        Reader::Remote(self)
+    }
+}
+
+impl RemoteRead for CommandBackend {
+    fn fetch<'a>(
+        &'a self,
+        requests: &'a [Request],
+        deadline: Instant,
+    ) -> BoxFuture<'a, FetchResult> {
+        Box::pin(async move { Ok(self.run_all(requests, deadline).await) })
+    }
+}
+
 impl CommandBackend {
-    pub fn new(config: &Config) -> Self {
+    fn new(config: &Config) -> Self {
         CommandBackend {
             argv: config.argv.clone(),
             input: config.input,
@@ -86,7 +123,7 @@ impl CommandBackend {
         self.argv.first().map_or("", String::as_str)
     }
 
-    pub async fn fetch(
+    async fn run_all(
         &self,
         requests: &[Request],
         deadline: Instant,

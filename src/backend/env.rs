@@ -11,26 +11,42 @@
 //! `database/url` -> `DATABASE_URL`.
 
 use std::os::unix::ffi::OsStringExt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Fetched, Request};
+use super::{Backend, Context, FetchResult, Fetched, Kind, LocalRead, Reader, Request, typed};
+use crate::error::Invalid;
 use crate::secret::{SecretError, path_to_var, value_from_bytes};
+
+pub const KIND: Kind = Kind {
+    name: "env",
+    builtin: true,
+    parse: |table| Ok(Box::new(typed::<Config>(table)?)),
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {}
 
+impl super::Config for Config {
+    fn build(&self, _ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
+        Ok(Arc::new(EnvBackend))
+    }
+}
+
 #[derive(Debug)]
 pub struct EnvBackend;
 
-impl EnvBackend {
-    pub fn new(_config: &Config) -> Self {
-        EnvBackend
+impl Backend for EnvBackend {
+    fn reader(&self) -> Reader<'_> {
+        Reader::Local(self)
     }
+}
 
-    pub fn fetch(&self, requests: &[Request]) -> Vec<Result<Fetched, SecretError>> {
-        requests
+impl LocalRead for EnvBackend {
+    fn fetch(&self, requests: &[Request], _deadline: std::time::Instant) -> FetchResult {
+        Ok(requests
             .iter()
             .map(|r| {
                 let var = path_to_var(&r.path);
@@ -46,6 +62,6 @@ impl EnvBackend {
                     ))),
                 }
             })
-            .collect()
+            .collect())
     }
 }

@@ -13,18 +13,36 @@
 //! relative, stay inside and are followed. Only regular files are read.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::{Context, Fetched, Request};
+use super::{Backend, Context, FetchResult, Fetched, Kind, LocalRead, Reader, Request, typed};
+use crate::error::Invalid;
 use crate::fsread;
 use crate::secret::{MAX_ENV_STRING, SecretError, strip_one_newline, value_from_bytes};
+
+pub const KIND: Kind = Kind {
+    name: "file",
+    builtin: false,
+    parse: |table| Ok(Box::new(typed::<Config>(table)?)),
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub dir: Option<PathBuf>,
+}
+
+impl super::Config for Config {
+    fn check_path(&self, path: &str) -> Result<(), Invalid> {
+        check_relative(path)
+    }
+
+    fn build(&self, ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
+        Ok(Arc::new(FileBackend::new(self, ctx)?))
+    }
 }
 
 #[derive(Debug)]
@@ -33,54 +51,56 @@ pub struct FileBackend {
 }
 
 /// Refuses a path that names something outside the directory by its spelling alone.
-pub fn check_relative(path: &str) -> Result<(), String> {
+fn check_relative(path: &str) -> Result<(), Invalid> {
     let p = Path::new(path);
     if p.is_absolute() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "path `{path}` is absolute; a file backend path is relative to its `dir`"
-        ));
+        )));
     }
     if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "path `{path}` contains `..`; a file backend path cannot leave its `dir`"
-        ));
+        )));
     }
     Ok(())
 }
 
+impl Backend for FileBackend {
+    fn reader(&self) -> Reader<'_> {
+        Reader::Local(self)
+    }
+}
+
+impl LocalRead for FileBackend {
+    fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
+        Ok(requests
+            .iter()
+            .map(|r| self.read_one(&r.path, deadline))
+            .collect())
+    }
+}
+
 impl FileBackend {
-    pub fn new(config: &Config, ctx: &Context) -> Result<Self, String> {
+    fn new(config: &Config, ctx: &Context) -> Result<Self, Invalid> {
         let dir = match &config.dir {
             Some(dir) => ctx.base_dir.join(dir),
             None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
                 Some(d) if !d.is_empty() => PathBuf::from(d),
                 _ => {
-                    return Err("needs `dir` (or $CREDENTIALS_DIRECTORY, which systemd sets for services with LoadCredential=)".into());
+                    return Err(Invalid::from(
+                        "needs `dir` (or $CREDENTIALS_DIRECTORY, which systemd sets for services with LoadCredential=)",
+                    ));
                 }
             },
         };
         Ok(FileBackend { dir })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn fetch(
-        &self,
-        requests: &[Request],
-        deadline: Instant,
-    ) -> Vec<Result<Fetched, SecretError>> {
-        requests
-            .iter()
-            .map(|r| self.read_one(&r.path, deadline))
-            .collect()
-    }
-
     /// Opened once, beneath `dir` (a symlink may not lead out of it, even one swapped in while
     /// secret-run runs), then checked by what was opened: a regular file, of a value's size.
     fn read_one(&self, path: &str, deadline: Instant) -> Result<Fetched, SecretError> {
-        check_relative(path).map_err(SecretError::denied)?;
+        check_relative(path).map_err(|e| SecretError::denied(e.0))?;
         let shown = self.dir.join(path);
         // A value and its final newline (`\r\n`).
         let limit = MAX_ENV_STRING + 2;

@@ -1,12 +1,15 @@
 //! Backends: where secret values come from.
 //!
+//! A backend is one module: its typed configuration (a [`Config`], parsed from its manifest table
+//! with unknown fields refused), the backend it builds (a [`Backend`]), and a [`Kind`] that names
+//! it. [`REGISTRY`] lists the kinds; nothing else in secret-run names one. `docs/architecture.md`
+//! lists the lines a new backend adds.
+//!
 //! Each backend is read-only and batch-first: the resolver hands it every distinct path it must
 //! read in one call, so that a backend with a batch API can use it and the others can run their
 //! reads concurrently. A backend returns one result per request (so that every missing secret is
-//! reported in one run) or fails as a whole (unreachable, unreadable, not authenticated).
-//!
-//! Dispatch is an enum rather than a trait object: the set of backends is closed, and `async fn`
-//! in an enum needs no boxing.
+//! reported in one run) or fails as a whole (unreachable, unreadable, not authenticated), and it
+//! gives up at the deadline it is handed.
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -18,134 +21,222 @@ pub mod file;
 pub mod vault;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
-use tokio::time::Instant;
 
-use crate::error::did_you_mean;
+use crate::error::{Invalid, did_you_mean};
 use crate::secret::SecretError;
 
-/// Every `kind` a `[backends.NAME]` table may have.
-pub const KINDS: &[&str] = &[
-    "env",
-    "dotenv",
-    "file",
-    "command",
-    "vault",
-    "aws-secrets-manager",
-    "aws-ssm",
+/// One kind of backend, as the registry knows it.
+#[derive(Debug)]
+pub struct Kind {
+    /// What `kind = "…"` says.
+    pub name: &'static str,
+    /// Usable without a `[backends.NAME]` table, under its kind's name (`backend = "env"`); a
+    /// declaration of that name replaces it. Its configuration is an empty table.
+    pub builtin: bool,
+    /// Types the backend's table (without `kind` and `prefix`, which every kind shares) and
+    /// checks what can be checked before anything is read.
+    pub parse: fn(toml::Table) -> Result<Box<dyn Config>, Invalid>,
+}
+
+/// Every kind this build has. A new backend adds its line here.
+pub const REGISTRY: &[Kind] = &[
+    env::KIND,
+    dotenv::KIND,
+    file::KIND,
+    command::KIND,
+    #[cfg(feature = "vault")]
+    vault::KIND,
+    #[cfg(feature = "aws")]
+    aws::secretsmanager::KIND,
+    #[cfg(feature = "aws")]
+    aws::ssm::KIND,
 ];
 
-/// Backends that exist without being declared; a declaration of the same name replaces them.
-pub const BUILTIN: &[&str] = &["env", "dotenv"];
+/// Kinds a lean build leaves out, and the cargo feature that brings each back.
+const NOT_BUILT: &[(&str, &str)] = &[
+    #[cfg(not(feature = "vault"))]
+    ("vault", "vault"),
+    #[cfg(not(feature = "aws"))]
+    ("aws-secrets-manager", "aws"),
+    #[cfg(not(feature = "aws"))]
+    ("aws-ssm", "aws"),
+];
 
-/// The configuration of one declared backend, typed by its `kind`.
-#[derive(Debug, Clone)]
-pub enum BackendConfig {
-    Env(env::Config),
-    Dotenv(dotenv::Config),
-    File(file::Config),
-    Command(command::Config),
-    #[cfg(feature = "vault")]
-    Vault(Box<vault::Config>),
-    #[cfg(feature = "aws")]
-    SecretsManager(Box<aws::secretsmanager::Config>),
-    #[cfg(feature = "aws")]
-    Ssm(Box<aws::ssm::Config>),
+/// Every kind name a manifest may use, those of a fuller build included (for messages).
+pub fn kind_names() -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .map(|k| k.name)
+        .chain(NOT_BUILT.iter().map(|(name, _)| *name))
+        .collect()
 }
 
-fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, String> {
+/// The kind `name` names, or why there is none.
+pub fn kind(name: &str) -> Result<&'static Kind, Invalid> {
+    if let Some(kind) = REGISTRY.iter().find(|k| k.name == name) {
+        return Ok(kind);
+    }
+    if let Some((_, feature)) = NOT_BUILT.iter().find(|(n, _)| *n == name) {
+        return Err(Invalid(format!(
+            "this secret-run was built without the `{name}` backend (cargo feature `{feature}`); use a full build"
+        )));
+    }
+    let names = kind_names();
+    Err(Invalid(format!(
+        "unknown kind `{name}`{}; the kinds are: {}",
+        did_you_mean(name, names.iter().copied()),
+        names.join(", ")
+    )))
+}
+
+/// A backend's table as its typed configuration; serde's message, scrubbed of the data it
+/// quotes, says what is wrong.
+pub fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, Invalid> {
     toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| crate::error::toml_message(&e))
+        .map_err(|e: toml::de::Error| Invalid(crate::error::toml_message(&e)))
 }
 
-impl BackendConfig {
-    /// Types a backend table (without its `kind` and `prefix`, which every kind shares).
-    pub fn parse(kind: &str, table: toml::Table) -> Result<BackendConfig, String> {
-        match kind {
-            "env" => typed(table).map(BackendConfig::Env),
-            "dotenv" => typed(table).map(BackendConfig::Dotenv),
-            "file" => typed(table).map(BackendConfig::File),
-            "command" => typed::<command::Config>(table)
-                .and_then(|c| c.validate().map(|()| c))
-                .map(BackendConfig::Command),
-            #[cfg(feature = "vault")]
-            "vault" => typed::<vault::Config>(table)
-                .and_then(|c| c.validate().map(|()| c))
-                .map(|c| BackendConfig::Vault(Box::new(c))),
-            #[cfg(feature = "aws")]
-            "aws-secrets-manager" => typed::<aws::secretsmanager::Config>(table)
-                .and_then(|c| c.common.validate().map(|()| c))
-                .map(|c| BackendConfig::SecretsManager(Box::new(c))),
-            #[cfg(feature = "aws")]
-            "aws-ssm" => typed::<aws::ssm::Config>(table)
-                .and_then(|c| c.common.validate().map(|()| c))
-                .map(|c| BackendConfig::Ssm(Box::new(c))),
-            #[allow(unreachable_patterns)]
-            "vault" | "aws-secrets-manager" | "aws-ssm" => Err(format!(
-                "this secret-run was built without the `{kind}` backend (cargo features `vault`, `aws`); use a full build"
-            )),
-            other => Err(format!(
-                "unknown kind `{other}`{}; the kinds are: {}",
-                did_you_mean(other, KINDS.iter().copied()),
-                KINDS.join(", ")
-            )),
-        }
+/// A declared (or built-in) backend's configuration: its kind, and what its table says.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub kind: &'static Kind,
+    pub config: Arc<dyn Config>,
+}
+
+impl Spec {
+    pub fn parse(kind: &str, table: toml::Table) -> Result<Spec, Invalid> {
+        let kind = self::kind(kind)?;
+        Ok(Spec {
+            kind,
+            config: Arc::from((kind.parse)(table)?),
+        })
     }
 
-    pub fn builtin(name: &str) -> Option<BackendConfig> {
-        match name {
-            "env" => Some(BackendConfig::Env(env::Config::default())),
-            "dotenv" => Some(BackendConfig::Dotenv(dotenv::Config::default())),
-            _ => None,
-        }
+    /// The backends that exist without being declared.
+    pub fn builtins() -> impl Iterator<Item = (&'static str, Spec)> {
+        REGISTRY.iter().filter(|k| k.builtin).filter_map(|kind| {
+            let config = (kind.parse)(toml::Table::new()).ok()?;
+            Some((
+                kind.name,
+                Spec {
+                    kind,
+                    config: Arc::from(config),
+                },
+            ))
+        })
     }
 
-    pub fn kind(&self) -> &'static str {
-        match self {
-            BackendConfig::Env(_) => "env",
-            BackendConfig::Dotenv(_) => "dotenv",
-            BackendConfig::File(_) => "file",
-            BackendConfig::Command(_) => "command",
-            #[cfg(feature = "vault")]
-            BackendConfig::Vault(_) => "vault",
-            #[cfg(feature = "aws")]
-            BackendConfig::SecretsManager(_) => "aws-secrets-manager",
-            #[cfg(feature = "aws")]
-            BackendConfig::Ssm(_) => "aws-ssm",
-        }
-    }
-
-    /// Refuses a `version` this backend cannot pin; `Ok` when it can.
-    pub fn check_version(&self, version: &str) -> Result<(), String> {
-        let _ = version; // unused when no backend with versions is built in
-        match self {
-            #[cfg(feature = "vault")]
-            BackendConfig::Vault(c) => c.check_version(version),
-            #[cfg(feature = "aws")]
-            BackendConfig::SecretsManager(_) | BackendConfig::Ssm(_) => {
-                if version.trim().is_empty() {
-                    Err("`version` cannot be empty".into())
-                } else {
-                    Ok(())
-                }
-            }
-            _ => Err(format!(
+    /// Refuses a `version` this backend cannot pin.
+    pub fn check_version(&self, version: &str) -> Result<(), Invalid> {
+        self.config.check_version(version).unwrap_or_else(|| {
+            Err(Invalid(format!(
                 "kind {} has no versions; remove `version`",
-                self.kind()
-            )),
-        }
+                self.kind.name
+            )))
+        })
+    }
+
+    pub fn build(&self, ctx: &Context) -> Result<Handle, Invalid> {
+        Ok(Handle {
+            kind: self.kind.name,
+            backend: self.config.build(ctx)?,
+        })
+    }
+}
+
+/// What a backend's table says, typed; checked before anything is read.
+pub trait Config: std::fmt::Debug + Send + Sync {
+    /// Checks a `version` an entry pins. `None`: this kind keeps no versions.
+    fn check_version(&self, version: &str) -> Option<Result<(), Invalid>> {
+        let _ = version;
+        None
     }
 
     /// Refuses, before anything is read, a path that this backend can never serve.
-    pub fn check_path(&self, path: &str) -> Result<(), String> {
-        match self {
-            BackendConfig::File(_) => file::check_relative(path),
-            _ => Ok(()),
-        }
+    fn check_path(&self, path: &str) -> Result<(), Invalid> {
+        let _ = path;
+        Ok(())
     }
+
+    /// The backend this configuration describes. Nothing is read or contacted yet.
+    fn build(&self, ctx: &Context) -> Result<Arc<dyn Backend>, Invalid>;
+}
+
+/// A backend of a plan: built, with the name of its kind.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub kind: &'static str,
+    pub backend: Arc<dyn Backend>,
+}
+
+/// A backend, built from its configuration.
+pub trait Backend: std::fmt::Debug + Send + Sync {
+    /// How it reads: this decides where the resolver runs its reads.
+    fn reader(&self) -> Reader<'_>;
+
+    /// Variables holding the credentials this backend used: the child does not inherit them
+    /// unless the manifest asks for them.
+    fn consumed_env(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Keeps credentials valid while a supervised child runs (renews a Vault login token);
+    /// `None` for a backend with nothing to keep.
+    fn keep_alive(&self) -> Option<BoxFuture<'_, ()>> {
+        None
+    }
+}
+
+/// How a backend reads, which is where the resolver runs it.
+#[derive(Debug, Clone, Copy)]
+pub enum Reader<'a> {
+    /// Reads from this process and its files (the environment, a `.env`, mounted files): no
+    /// network, no runtime. They can still block (a hung network filesystem), so the resolver
+    /// runs them on a thread of their own, where the deadline and signals cut them off; when
+    /// every backend of a run is local, no async runtime is started at all.
+    Local(&'a dyn LocalRead),
+    /// Reads over the network or through provider programs, in the async runtime.
+    Remote(&'a dyn RemoteRead),
+}
+
+impl Reader<'_> {
+    pub fn is_local(self) -> bool {
+        matches!(self, Reader::Local(_))
+    }
+}
+
+impl std::fmt::Debug for dyn LocalRead + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalRead")
+    }
+}
+
+impl std::fmt::Debug for dyn RemoteRead + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemoteRead")
+    }
+}
+
+pub trait LocalRead: Sync {
+    /// One result per request, in order, or a failure of the whole backend. Reads of FIFOs
+    /// and devices stop at `deadline` by themselves.
+    fn fetch(&self, requests: &[Request], deadline: std::time::Instant) -> FetchResult;
+}
+
+pub trait RemoteRead: Sync {
+    /// One result per request, in order, or a failure of the whole backend; gives up at
+    /// `deadline` with an `Unavailable` error that says so.
+    fn fetch<'a>(
+        &'a self,
+        requests: &'a [Request],
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, FetchResult>;
 }
 
 /// What the backends need from outside their own table.
@@ -222,7 +313,7 @@ pub fn in_order(
         .map(|i| {
             results
                 .remove(&i)
-                .unwrap_or_else(|| Err(SecretError::unavailable("no answer for this read")))
+                .unwrap_or_else(|| Err(SecretError::bug("a read of the batch got no answer")))
         })
         .collect();
     if let Some(Err(first)) = ordered.first() {
@@ -234,134 +325,4 @@ pub fn in_order(
         }
     }
     Ok(ordered)
-}
-
-#[derive(Debug)]
-pub enum Backend {
-    Env(env::EnvBackend),
-    Dotenv(dotenv::DotenvBackend),
-    File(file::FileBackend),
-    Command(command::CommandBackend),
-    #[cfg(feature = "vault")]
-    Vault(Box<vault::VaultBackend>),
-    #[cfg(feature = "aws")]
-    SecretsManager(Box<aws::secretsmanager::SecretsManager>),
-    #[cfg(feature = "aws")]
-    Ssm(Box<aws::ssm::Ssm>),
-}
-
-impl Backend {
-    pub fn new(config: &BackendConfig, ctx: &Context) -> Result<Backend, String> {
-        Ok(match config {
-            BackendConfig::Env(c) => Backend::Env(env::EnvBackend::new(c)),
-            BackendConfig::Dotenv(c) => Backend::Dotenv(dotenv::DotenvBackend::new(c, ctx)),
-            BackendConfig::File(c) => Backend::File(file::FileBackend::new(c, ctx)?),
-            BackendConfig::Command(c) => Backend::Command(command::CommandBackend::new(c)),
-            #[cfg(feature = "vault")]
-            BackendConfig::Vault(c) => Backend::Vault(Box::new(vault::VaultBackend::new(c, ctx)?)),
-            #[cfg(feature = "aws")]
-            BackendConfig::SecretsManager(c) => {
-                Backend::SecretsManager(Box::new(aws::secretsmanager::SecretsManager::new(c)))
-            }
-            #[cfg(feature = "aws")]
-            BackendConfig::Ssm(c) => Backend::Ssm(Box::new(aws::ssm::Ssm::new(c))),
-        })
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Backend::Env(_) => "env",
-            Backend::Dotenv(_) => "dotenv",
-            Backend::File(_) => "file",
-            Backend::Command(_) => "command",
-            #[cfg(feature = "vault")]
-            Backend::Vault(_) => "vault",
-            #[cfg(feature = "aws")]
-            Backend::SecretsManager(_) => "aws-secrets-manager",
-            #[cfg(feature = "aws")]
-            Backend::Ssm(_) => "aws-ssm",
-        }
-    }
-
-    /// Where a path is read from, for messages: the variable, the file, the program.
-    pub fn locate(&self, path: &str) -> String {
-        match self {
-            Backend::Env(_) => format!("variable {}", crate::secret::path_to_var(path)),
-            Backend::Dotenv(b) => format!(
-                "{} in {}",
-                crate::secret::path_to_var(path),
-                b.path().display()
-            ),
-            Backend::File(b) => b.dir().join(path).display().to_string(),
-            Backend::Command(b) => format!("`{}`", b.program()),
-            #[cfg(feature = "vault")]
-            Backend::Vault(b) => b.locate(path),
-            #[cfg(feature = "aws")]
-            Backend::SecretsManager(_) => format!("secret `{path}`"),
-            #[cfg(feature = "aws")]
-            Backend::Ssm(_) => format!("parameter `{path}`"),
-        }
-    }
-
-    /// Local backends (process environment, files) answer without a network or a runtime.
-    pub fn is_local(&self) -> bool {
-        matches!(
-            self,
-            Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_)
-        )
-    }
-
-    /// Reads from a local backend; `None` for the others. Such a read can still block (a file on
-    /// a hung network filesystem), so callers run it where the deadline can cut it off; reads of
-    /// FIFOs and devices stop at `deadline` by themselves.
-    pub fn fetch_local(
-        &self,
-        requests: &[Request],
-        deadline: std::time::Instant,
-    ) -> Option<FetchResult> {
-        match self {
-            Backend::Env(b) => Some(Ok(b.fetch(requests))),
-            Backend::Dotenv(b) => Some(b.fetch(requests, deadline)),
-            Backend::File(b) => Some(Ok(b.fetch(requests, deadline))),
-            _ => None,
-        }
-    }
-
-    /// Reads from a backend that is not local; local ones are read with `fetch_local`.
-    pub async fn fetch_remote(
-        &self,
-        requests: &[Request],
-        deadline: Instant,
-    ) -> Option<FetchResult> {
-        match self {
-            Backend::Command(b) => Some(Ok(b.fetch(requests, deadline).await)),
-            #[cfg(feature = "vault")]
-            Backend::Vault(b) => Some(b.fetch(requests, deadline).await),
-            #[cfg(feature = "aws")]
-            Backend::SecretsManager(b) => Some(b.fetch(requests, deadline).await),
-            #[cfg(feature = "aws")]
-            Backend::Ssm(b) => Some(b.fetch(requests, deadline).await),
-            Backend::Env(_) | Backend::Dotenv(_) | Backend::File(_) => None,
-        }
-    }
-
-    /// Variables holding the credentials this backend used: the child does not inherit them
-    /// unless the manifest asks for them. None of the local backends use credentials.
-    pub fn consumed_env(&self) -> Vec<String> {
-        match self {
-            #[cfg(feature = "vault")]
-            Backend::Vault(b) => b.consumed_env(),
-            #[allow(unreachable_patterns)]
-            _ => Vec::new(),
-        }
-    }
-
-    /// Keeps credentials valid while a supervised child runs (renews Vault login tokens).
-    /// Returns at once for backends with nothing to keep.
-    pub async fn keep_alive(&self) {
-        #[cfg(feature = "vault")]
-        if let Backend::Vault(b) = self {
-            b.keep_alive().await;
-        }
-    }
 }

@@ -15,8 +15,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::backend::BackendConfig;
-use crate::error::{ConfigErrors, ConfigProblem, Error, Result};
+use crate::backend::Spec;
+use crate::error::{ConfigErrors, ConfigProblem, Error, Invalid, Result};
 use crate::secret::{EnvName, Key};
 
 /// The file name looked for when no manifest is named.
@@ -77,7 +77,7 @@ pub struct BackendDecl {
     pub name: String,
     pub offset: usize,
     pub prefix: Option<String>,
-    pub config: BackendConfig,
+    pub spec: Spec,
 }
 
 #[derive(Debug)]
@@ -208,11 +208,11 @@ pub fn parse(source: Source) -> Result<Manifest> {
         let offset = name.span().start;
         let name = name.into_inner();
         match parse_backend(&name, value) {
-            Ok((prefix, config)) => backends.push(BackendDecl {
+            Ok((prefix, spec)) => backends.push(BackendDecl {
                 name,
                 offset,
                 prefix,
-                config,
+                spec,
             }),
             Err(msg) => {
                 problems.push(source.problem_at(Some(offset), format!("[backends.{name}]: {msg}")))
@@ -310,10 +310,7 @@ pub fn parse(source: Source) -> Result<Manifest> {
     })
 }
 
-fn parse_backend(
-    name: &str,
-    value: toml::Value,
-) -> Result<(Option<String>, BackendConfig), String> {
+fn parse_backend(name: &str, value: toml::Value) -> Result<(Option<String>, Spec), Invalid> {
     // Backend names appear in `--backend`, SECRET_BACKEND and every message: keep them plain.
     if name.is_empty()
         || !name
@@ -323,38 +320,38 @@ fn parse_backend(
         return Err("a backend name may only use letters, digits, `_` and `-`".into());
     }
     let toml::Value::Table(mut table) = value else {
-        return Err(format!(
+        return Err(Invalid(format!(
             "expected a table with `kind = \"...\"`, found {}",
             value.type_str()
-        ));
+        )));
     };
     let kind = match table.remove("kind") {
         Some(toml::Value::String(k)) => k,
         Some(other) => {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "`kind` must be a string, found {}",
                 other.type_str()
-            ));
+            )));
         }
         None => {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "missing `kind` (one of: {})",
-                crate::backend::KINDS.join(", ")
-            ));
+                crate::backend::kind_names().join(", ")
+            )));
         }
     };
     let prefix = match table.remove("prefix") {
         None => None,
         Some(toml::Value::String(p)) => Some(p),
         Some(other) => {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "`prefix` must be a string, found {}",
                 other.type_str()
-            ));
+            )));
         }
     };
-    let config = BackendConfig::parse(&kind, table)?;
-    Ok((prefix, config))
+    let spec = Spec::parse(&kind, table)?;
+    Ok((prefix, spec))
 }
 
 fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {

@@ -3,12 +3,11 @@
 //! production backend's settings do not matter on a laptop running `SECRET_BACKEND=dotenv`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use secrecy::SecretString;
 
 use super::{EnvPolicy, Manifest};
-use crate::backend::{BUILTIN, Backend, BackendConfig, Context};
+use crate::backend::{Context, Handle, Spec};
 use crate::error::{ConfigErrors, Error, Result, did_you_mean};
 use crate::secret::{EnvName, Key};
 
@@ -40,7 +39,7 @@ pub struct PlannedVar {
 pub struct Plan {
     pub name: Option<String>,
     pub vars: Vec<PlannedVar>,
-    pub backends: BTreeMap<String, Arc<Backend>>,
+    pub backends: BTreeMap<String, Handle>,
     pub env: EnvPolicy,
     pub run: super::run::RunConfig,
     /// The audit log's path, relative paths resolved against the manifest's directory.
@@ -52,7 +51,7 @@ impl Plan {
     pub fn consumed_env(&self) -> Vec<String> {
         self.backends
             .values()
-            .flat_map(|b| b.consumed_env())
+            .flat_map(|b| b.backend.consumed_env())
             .collect()
     }
 }
@@ -61,24 +60,22 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
     let src = &manifest.source;
     let mut problems = Vec::new();
 
-    let declared: BTreeMap<&str, (&BackendConfig, Option<&str>, Option<usize>)> = manifest
+    let declared: BTreeMap<&str, (&Spec, Option<&str>, Option<usize>)> = manifest
         .backends
         .iter()
         .map(|d| {
             (
                 d.name.as_str(),
-                (&d.config, d.prefix.as_deref(), Some(d.offset)),
+                (&d.spec, d.prefix.as_deref(), Some(d.offset)),
             )
         })
         .collect();
-    let builtins: Vec<(String, BackendConfig)> = BUILTIN
-        .iter()
-        .filter(|n| !declared.contains_key(*n))
-        .filter_map(|n| BackendConfig::builtin(n).map(|c| (n.to_string(), c)))
+    let builtins: Vec<(&str, Spec)> = Spec::builtins()
+        .filter(|(n, _)| !declared.contains_key(n))
         .collect();
     let mut known = declared.clone();
-    for (name, config) in &builtins {
-        known.insert(name.as_str(), (config, None, None));
+    for (name, spec) in &builtins {
+        known.insert(name, (spec, None, None));
     }
     let names = || known.keys().copied().collect::<Vec<_>>().join(", ");
 
@@ -138,9 +135,9 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             // The bad default was reported once above.
             _ => continue,
         };
-        let (config, prefix, decl_at) = known[backend.as_str()];
+        let (spec, prefix, decl_at) = known[backend.as_str()];
         if let Some(version) = &entry.version {
-            if let Err(msg) = config.check_version(version) {
+            if let Err(msg) = spec.check_version(version) {
                 problems.push(src.problem_at(
                     at,
                     format!("secret `{}`: backend `{backend}`: {msg}", entry.name),
@@ -158,7 +155,7 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             }
         };
         let path = format!("{prefix}{}", entry.path);
-        if let Err(msg) = config.check_path(&path) {
+        if let Err(msg) = spec.config.check_path(&path) {
             problems.push(src.problem_at(at, format!("secret `{}`: {msg}", entry.name)));
         }
         used.insert(backend.clone(), decl_at);
@@ -190,10 +187,10 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
     };
     let mut backends = BTreeMap::new();
     for (name, decl_at) in used {
-        let (config, _, _) = known[name.as_str()];
-        match Backend::new(config, &ctx) {
-            Ok(b) => {
-                backends.insert(name, Arc::new(b));
+        let (spec, _, _) = known[name.as_str()];
+        match spec.build(&ctx) {
+            Ok(handle) => {
+                backends.insert(name, handle);
             }
             Err(msg) => problems.push(src.problem_at(decl_at, format!("[backends.{name}]: {msg}"))),
         }

@@ -107,8 +107,8 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    pub fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    pub fn validate(&self) -> Vec<crate::error::Invalid> {
+        let mut problems: Vec<String> = Vec::new();
         for (field, sig) in [
             ("reload_signal", self.reload_signal),
             ("child_signal", self.child_signal),
@@ -146,7 +146,7 @@ impl RunConfig {
                 Some(_) => {}
             }
         }
-        problems
+        problems.into_iter().map(crate::error::Invalid).collect()
     }
 }
 
@@ -181,15 +181,16 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 /// `"SIGHUP"`, `"HUP"` or `"sighup"`.
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
+pub fn parse_signal(text: &str) -> Result<Signal, crate::error::Invalid> {
     let upper = text.trim().to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
         upper
     } else {
         format!("SIG{upper}")
     };
-    Signal::from_str(&name)
-        .map_err(|_| format!("`{text}` is not a signal name; write e.g. SIGHUP, SIGTERM, SIGUSR1"))
+    Signal::from_str(&name).map_err(|_| {
+        format!("`{text}` is not a signal name; write e.g. SIGHUP, SIGTERM, SIGUSR1").into()
+    })
 }
 
 fn de_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Signal, D::Error> {

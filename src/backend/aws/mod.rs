@@ -37,6 +37,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+use crate::error::Invalid;
 use crate::secret::SecretError;
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,19 +66,44 @@ pub struct Common {
 }
 
 impl Common {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_attempts == Some(0) {
             return Err("`max_attempts` must be at least 1".into());
         }
         if let Some(url) = &self.endpoint_url {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "`endpoint_url = \"{url}\"` must be an http:// or https:// URL"
-                ));
+                )));
             }
         }
         Ok(())
     }
+}
+
+/// A staging label, a version id or a parameter version: anything but empty.
+fn check_version(version: &str) -> Result<(), Invalid> {
+    if version.trim().is_empty() {
+        Err("`version` cannot be empty".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The reads of one resolve, given up at its deadline: the SDK's own timeouts are per attempt,
+/// and loading its configuration (a profile, the instance metadata service) has none.
+async fn within(
+    deadline: tokio::time::Instant,
+    service: &str,
+    reads: impl std::future::Future<Output = crate::backend::FetchResult>,
+) -> crate::backend::FetchResult {
+    tokio::time::timeout_at(deadline, reads)
+        .await
+        .unwrap_or_else(|_| {
+            Err(SecretError::unavailable(format!(
+                "AWS {service} did not answer before the resolve deadline (--timeout)"
+            )))
+        })
 }
 
 /// The SDK configuration, loaded once, on first use (loading may read profile files and ask

@@ -31,7 +31,14 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::{Common, Sdk, date, explain};
-use crate::backend::{FetchResult, Fetched, Request};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::backend::{
+    Backend, Context, FetchResult, Fetched, Kind, Reader, RemoteRead, Request, typed,
+};
+use crate::error::Invalid;
 use crate::secret::{SecretError, value_from_bytes};
 
 /// `BatchGetSecretValue` takes at most 20 ids.
@@ -43,6 +50,16 @@ const PARALLEL: usize = 16;
 pub enum Encoding {
     Base64,
 }
+
+pub const KIND: Kind = Kind {
+    name: "aws-secrets-manager",
+    builtin: false,
+    parse: |table| {
+        let config = typed::<Config>(table)?;
+        config.common.validate()?;
+        Ok(Box::new(config))
+    },
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,8 +97,38 @@ struct Reply<'a> {
     created: Option<&'a aws_smithy_types::DateTime>,
 }
 
+impl super::super::Config for Config {
+    fn check_version(&self, version: &str) -> Option<Result<(), Invalid>> {
+        Some(super::check_version(version))
+    }
+
+    fn build(&self, _ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
+        Ok(Arc::new(SecretsManager::new(self)))
+    }
+}
+
+impl Backend for SecretsManager {
+    fn reader(&self) -> Reader<'_> {
+        Reader::Remote(self)
+    }
+}
+
+impl RemoteRead for SecretsManager {
+    fn fetch<'a>(
+        &'a self,
+        requests: &'a [Request],
+        deadline: Instant,
+    ) -> BoxFuture<'a, FetchResult> {
+        Box::pin(super::within(
+            deadline,
+            "Secrets Manager",
+            self.fetch_all(requests),
+        ))
+    }
+}
+
 impl SecretsManager {
-    pub fn new(config: &Config) -> Self {
+    fn new(config: &Config) -> Self {
         SecretsManager {
             sdk: Sdk::new(config.common.clone()),
             client: OnceCell::new(),
@@ -106,7 +153,7 @@ impl SecretsManager {
         self.sdk.calls()
     }
 
-    pub async fn fetch(&self, requests: &[Request], _deadline: Instant) -> FetchResult {
+    async fn fetch_all(&self, requests: &[Request]) -> FetchResult {
         let client = self.client().await?;
         let mut results: HashMap<usize, Result<Fetched, SecretError>> = HashMap::new();
         // Current values can be batched; a pinned stage or version id cannot.

@@ -25,12 +25,29 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::{Common, Sdk, date, explain};
-use crate::backend::{FetchResult, Fetched, Request};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::backend::{
+    Backend, Context, FetchResult, Fetched, Kind, Reader, RemoteRead, Request, typed,
+};
+use crate::error::Invalid;
 use crate::secret::SecretError;
 
 /// `GetParameters` takes at most 10 names.
 const BATCH: usize = 10;
 const PARALLEL: usize = 8;
+
+pub const KIND: Kind = Kind {
+    name: "aws-ssm",
+    builtin: false,
+    parse: |table| {
+        let config = typed::<Config>(table)?;
+        config.common.validate()?;
+        Ok(Box::new(config))
+    },
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,8 +104,38 @@ fn plan_calls(requests: &[Request]) -> Vec<Vec<usize>> {
     calls
 }
 
+impl super::super::Config for Config {
+    fn check_version(&self, version: &str) -> Option<Result<(), Invalid>> {
+        Some(super::check_version(version))
+    }
+
+    fn build(&self, _ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
+        Ok(Arc::new(Ssm::new(self)))
+    }
+}
+
+impl Backend for Ssm {
+    fn reader(&self) -> Reader<'_> {
+        Reader::Remote(self)
+    }
+}
+
+impl RemoteRead for Ssm {
+    fn fetch<'a>(
+        &'a self,
+        requests: &'a [Request],
+        deadline: Instant,
+    ) -> BoxFuture<'a, FetchResult> {
+        Box::pin(super::within(
+            deadline,
+            "Parameter Store",
+            self.fetch_all(requests),
+        ))
+    }
+}
+
 impl Ssm {
-    pub fn new(config: &Config) -> Self {
+    fn new(config: &Config) -> Self {
         Ssm {
             sdk: Sdk::new(config.common.clone()),
             client: OnceCell::new(),
@@ -107,7 +154,7 @@ impl Ssm {
             .await
     }
 
-    pub async fn fetch(&self, requests: &[Request], _deadline: Instant) -> FetchResult {
+    async fn fetch_all(&self, requests: &[Request]) -> FetchResult {
         let client = self.client().await?;
         let calls = plan_calls(requests);
         let work: Vec<_> = calls

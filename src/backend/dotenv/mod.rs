@@ -13,18 +13,25 @@
 //! `database/url` -> `DATABASE_URL`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{Context, FetchResult, Fetched, Request};
+use super::{Backend, Context, FetchResult, Fetched, Kind, LocalRead, Reader, Request, typed};
+use crate::error::Invalid;
 use crate::fsread::{self, Accept};
 use crate::secret::{SecretError, path_to_var};
 
 pub mod parse;
+
+pub const KIND: Kind = Kind {
+    name: "dotenv",
+    builtin: true,
+    parse: |table| Ok(Box::new(typed::<Config>(table)?)),
+};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,24 +39,25 @@ pub struct Config {
     pub path: Option<PathBuf>,
 }
 
+impl super::Config for Config {
+    fn build(&self, ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
+        Ok(Arc::new(DotenvBackend::new(self, ctx)))
+    }
+}
+
 #[derive(Debug)]
 pub struct DotenvBackend {
     path: PathBuf,
 }
 
-impl DotenvBackend {
-    pub fn new(config: &Config, ctx: &Context) -> Self {
-        let path = config.path.clone().unwrap_or_else(|| PathBuf::from(".env"));
-        DotenvBackend {
-            path: ctx.base_dir.join(path),
-        }
+impl Backend for DotenvBackend {
+    fn reader(&self) -> Reader<'_> {
+        Reader::Local(self)
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
+impl LocalRead for DotenvBackend {
+    fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
         let values = self.read(deadline)?;
         Ok(requests
             .iter()
@@ -70,6 +78,15 @@ impl DotenvBackend {
                     })
             })
             .collect())
+    }
+}
+
+impl DotenvBackend {
+    pub fn new(config: &Config, ctx: &Context) -> Self {
+        let path = config.path.clone().unwrap_or_else(|| PathBuf::from(".env"));
+        DotenvBackend {
+            path: ctx.base_dir.join(path),
+        }
     }
 
     /// Reads the whole file once; later definitions of a key win, as in a shell.

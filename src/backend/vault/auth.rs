@@ -80,7 +80,7 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::error::Invalid> {
         match self {
             AuthConfig::Approle {
                 role_id,

@@ -83,7 +83,7 @@ pub struct Settings {
 }
 
 impl Http {
-    pub fn new(s: Settings) -> Result<Http, String> {
+    pub fn new(s: Settings) -> Result<Http, crate::error::Invalid> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(s.request_timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(s.max_connections)
@@ -278,10 +278,7 @@ fn retryable(status: StatusCode) -> bool {
 
 /// Full jitter: a random pause up to the exponential step, so that many clients spread out.
 fn backoff(attempt: u32) -> Duration {
-    let step = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(BACKOFF_CAP);
-    step.mul_f64(fastrand::f64())
+    crate::duration::exponential(BACKOFF_BASE, attempt, BACKOFF_CAP).mul_f64(fastrand::f64())
 }
 
 /// An error and its causes on one line ("tcp connect error: Connection refused (os error 111)"),

@@ -36,8 +36,23 @@ use tokio::time::Instant;
 
 use self::auth::{Auth, AuthConfig};
 use self::http::{Http, Reply, Settings};
-use super::{Context, FetchResult, Fetched, Request};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::{Backend, Context, FetchResult, Fetched, Kind, Reader, RemoteRead, Request, typed};
+use crate::error::Invalid;
 use crate::secret::SecretError;
+
+pub const KIND: Kind = Kind {
+    name: "vault",
+    builtin: false,
+    parse: |table| {
+        let config = typed::<Config>(table)?;
+        config.validate()?;
+        Ok(Box::new(config))
+    },
+};
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RETRIES: u32 = 4;
@@ -65,11 +80,23 @@ fn default_mount() -> String {
     "secret".into()
 }
 
+impl super::Config for Config {
+    fn check_version(&self, version: &str) -> Option<Result<(), Invalid>> {
+        Some(self.check_version(version))
+    }
+
+    fn build(&self, ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
+        Ok(Arc::new(VaultBackend::new(self, ctx)?))
+    }
+}
+
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if let Some(v) = self.kv_version {
             if v != 1 && v != 2 {
-                return Err(format!("`kv_version = {v}`: KV versions are 1 and 2"));
+                return Err(Invalid(format!(
+                    "`kv_version = {v}`: KV versions are 1 and 2"
+                )));
             }
         }
         if self.mount.trim_matches('/').is_empty() {
@@ -81,15 +108,15 @@ impl Config {
         self.auth.validate()
     }
 
-    pub fn check_version(&self, version: &str) -> Result<(), String> {
+    fn check_version(&self, version: &str) -> Result<(), Invalid> {
         if self.kv_version == Some(1) {
             return Err("KV version 1 keeps no versions; remove `version`".into());
         }
         match version.parse::<u64>() {
             Ok(n) if n > 0 => Ok(()),
-            _ => Err(format!(
+            _ => Err(Invalid(format!(
                 "`version = \"{version}\"`: a KV v2 version is a positive number"
-            )),
+            ))),
         }
     }
 }
@@ -111,8 +138,36 @@ pub struct VaultBackend {
     max_parallel: usize,
 }
 
+impl Backend for VaultBackend {
+    fn reader(&self) -> Reader<'_> {
+        Reader::Remote(self)
+    }
+
+    /// The Vault credentials in the environment, and those the auth method read from it.
+    fn consumed_env(&self) -> Vec<String> {
+        let mut vars: Vec<String> = CREDENTIAL_VARS.iter().map(|v| (*v).to_owned()).collect();
+        vars.extend(self.auth.consumed_env());
+        vars
+    }
+
+    /// Keeps a login token valid while a supervised child runs.
+    fn keep_alive(&self) -> Option<BoxFuture<'_, ()>> {
+        Some(Box::pin(self.auth.keep_alive(&self.http)))
+    }
+}
+
+impl RemoteRead for VaultBackend {
+    fn fetch<'a>(
+        &'a self,
+        requests: &'a [Request],
+        deadline: Instant,
+    ) -> BoxFuture<'a, FetchResult> {
+        Box::pin(self.fetch_all(requests, deadline))
+    }
+}
+
 impl VaultBackend {
-    pub fn new(config: &Config, ctx: &Context) -> Result<Self, String> {
+    fn new(config: &Config, ctx: &Context) -> Result<Self, Invalid> {
         let address = config
             .address
             .clone()
@@ -126,9 +181,9 @@ impl VaultBackend {
             )
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "address `{address}` must be an http:// or https:// URL with a host"
-            ));
+            )));
         }
         url.set_query(None);
         let namespace = config
@@ -143,9 +198,9 @@ impl VaultBackend {
                 "1" | "true" | "yes" | "t" => true,
                 "0" | "false" | "no" | "f" => false,
                 other => {
-                    return Err(format!(
+                    return Err(Invalid(format!(
                         "VAULT_SKIP_VERIFY is `{other}`; set it to true or false"
-                    ));
+                    )));
                 }
             },
         };
@@ -177,16 +232,7 @@ impl VaultBackend {
         })
     }
 
-    pub fn locate(&self, path: &str) -> String {
-        format!(
-            "{}/{} at {}",
-            self.mount,
-            path.trim_matches('/'),
-            self.http.address()
-        )
-    }
-
-    pub async fn fetch(&self, requests: &[Request], deadline: Instant) -> FetchResult {
+    async fn fetch_all(&self, requests: &[Request], deadline: Instant) -> FetchResult {
         let token = self.auth.token(&self.http, deadline).await?;
         let version = match self.kv_version {
             Some(v) => v,
@@ -208,18 +254,6 @@ impl VaultBackend {
             self.check_token(&token, deadline).await?;
         }
         crate::backend::in_order(results.into_iter().enumerate().collect(), requests.len())
-    }
-
-    /// The Vault credentials in the environment, and those the auth method read from it.
-    pub fn consumed_env(&self) -> Vec<String> {
-        let mut vars: Vec<String> = CREDENTIAL_VARS.iter().map(|v| (*v).to_owned()).collect();
-        vars.extend(self.auth.consumed_env());
-        vars
-    }
-
-    /// Keeps a login token valid while a supervised child runs.
-    pub async fn keep_alive(&self) {
-        self.auth.keep_alive(&self.http).await;
     }
 
     /// `Err` when the token itself is refused (expired, revoked, from another server): every
@@ -514,7 +548,7 @@ fn unavailable(reply: &Reply, doing: &str, address: &str) -> SecretError {
 
 /// The CA certificates to trust instead of the system's: `ca_cert` / `ca_path`, else
 /// `$VAULT_CACERT` / `$VAULT_CAPATH` (and the BAO_ forms).
-fn load_cas(config: &Config, ctx: &Context) -> Result<Vec<reqwest::Certificate>, String> {
+fn load_cas(config: &Config, ctx: &Context) -> Result<Vec<reqwest::Certificate>, Invalid> {
     let file = config
         .ca_cert
         .as_ref()
@@ -551,7 +585,7 @@ fn load_cas(config: &Config, ctx: &Context) -> Result<Vec<reqwest::Certificate>,
             )
         })?;
         if parsed.is_empty() {
-            return Err(format!("{} holds no PEM certificate", f.display()));
+            return Err(Invalid(format!("{} holds no PEM certificate", f.display())));
         }
         certs.append(&mut parsed);
     }

@@ -1,15 +1,18 @@
-//! What each command does, from parsed arguments to an exit code.
+//! What each command does, from parsed arguments to an exit code: the top layer, the only one
+//! that knows the command line.
 
-use std::io::Write;
+mod check;
+mod init;
+mod setup;
 
 use clap::CommandFactory;
 
-use crate::audit::Audit;
+use self::setup::{deadline, load_plan, write_stdout};
+use crate::audit::{Audit, Event, Failure, Trigger, VarRecord};
 use crate::cli::{Cli, Global, Sub};
 use crate::error::{Error, Result};
 use crate::interrupt::Interrupts;
 use crate::launch::{self, exec, supervise};
-use crate::manifest::{self, plan};
 use crate::resolve;
 
 /// Runs the parsed command line; `Ok` carries the exit code.
@@ -27,10 +30,10 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
     match cli.sub {
         Some(Sub::Check { json }) => {
-            let interrupts = Interrupts::block().map_err(Error::Internal)?;
-            crate::check::run(&cli.global, json, &interrupts)
+            let interrupts = Interrupts::block()?;
+            check::run(&cli.global, json, &interrupts)
         }
-        Some(Sub::Init { from_dotenv, force }) => crate::init::run(
+        Some(Sub::Init { from_dotenv, force }) => init::run(
             &cli.global.manifest,
             from_dotenv.as_deref(),
             force,
@@ -47,7 +50,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let mut out = Vec::new();
             clap_mangen::Man::new(Cli::command())
                 .render(&mut out)
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                .map_err(|e| Error::Internal(format!("cannot render the man page: {e}")))?;
             write_stdout(&out)?;
             Ok(0)
         }
@@ -71,14 +74,13 @@ fn launch_command(
     let target = launch::find_command(command)?;
     // Before anything is read: a signal from now on is heard (see `interrupt`).
     let interrupts = if exec_mode {
-        Some(Interrupts::block().map_err(Error::Internal)?)
+        Some(Interrupts::block()?)
     } else {
         None
     };
     let plan = load_plan(global)?;
     // Opened only when the manifest asks for it: the common --exec path stays one file read.
-    let mut audit =
-        Audit::open(plan.audit.as_deref(), plan.name.as_deref()).map_err(Error::Audit)?;
+    let mut audit = Audit::open(plan.audit.as_deref(), plan.name.as_deref())?;
     if let Some(interrupts) = interrupts {
         let resolution = resolve::resolve_blocking(&plan, global.timeout, &interrupts)
             .inspect_err(|e| audit_interrupted(e, &mut audit))?;
@@ -88,16 +90,18 @@ fn launch_command(
         let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
         drop(vars);
         // The command keeps this PID; the log (opened close-on-exec) does not follow it.
-        audit.event("exec", serde_json::json!({ "pid": std::process::id() }));
+        audit.record(Event::Exec {
+            pid: std::process::id() as i32,
+        });
         drop(audit);
         // Still non-dumpable until the execve, which makes the command dumpable again.
         crate::protect::restore_core_limit()
-            .map_err(|e| Error::Internal(format!("cannot restore the core-file limit: {e}")))?;
+            .map_err(Error::os("restore the core-file limit for the command"))?;
         return Err(exec::exec(cmd, &target));
     }
     // One runtime for the resolve and the supervision: the HTTP connections a backend opened,
     // and the tokens it obtained, stay usable for renewal and reloads while the child runs.
-    let rt = runtime()?;
+    let rt = resolve::runtime()?;
     let result = rt.block_on(async {
         // Handlers first: a signal during the first resolve is not lost, and does not end
         // secret-run by its default action with a provider still running.
@@ -111,8 +115,12 @@ fn launch_command(
             .backends
             .values()
             .map(|b| {
-                let b = std::sync::Arc::clone(b);
-                tokio::spawn(async move { b.keep_alive().await })
+                let b = b.clone();
+                tokio::spawn(async move {
+                    if let Some(keeping) = b.backend.keep_alive() {
+                        keeping.await;
+                    }
+                })
             })
             .collect();
         let start = supervise::Start {
@@ -133,11 +141,11 @@ fn launch_command(
 
 /// Records a start abandoned to a signal.
 fn audit_interrupted(e: &Error, audit: &mut Audit) {
-    if let Error::Interrupted(sig) = e {
-        audit.event(
-            "start-failed",
-            serde_json::json!({ "signal": sig.as_str(), "code": e.exit_code() }),
-        );
+    if let Error::Interrupted(signal) = e {
+        audit.record(Event::StartInterrupted {
+            signal: *signal,
+            code: e.exit_code(),
+        });
     }
 }
 
@@ -146,39 +154,12 @@ fn audited_start(
     resolution: resolve::Resolution,
     audit: &mut Audit,
 ) -> Result<Vec<resolve::ResolvedVar>> {
-    audit.resolve("start", &resolution.vars);
+    audit.record(Event::Resolve {
+        trigger: Trigger::Start,
+        vars: VarRecord::all(&resolution.vars),
+    });
     resolution.into_complete().map_err(|failure| {
-        audit.event("start-failed", crate::audit::failure(&failure));
+        audit.record(Event::StartFailed(Failure::of(&failure)));
         Error::Resolve(failure)
     })
-}
-
-/// Writes all of `bytes` to stdout; a closed or full stdout is `Error::Output` (74).
-pub fn write_stdout(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(Error::Output)
-}
-
-/// When reading the manifest must give up: `--timeout` from now.
-pub fn deadline(global: &Global) -> std::time::Instant {
-    std::time::Instant::now() + global.timeout
-}
-
-pub fn load_plan(global: &Global) -> Result<plan::Plan> {
-    let manifest = manifest::load(&global.manifest, deadline(global))?;
-    let opts = plan::PlanOptions {
-        backend_override: global.backend.clone().filter(|b| !b.is_empty()),
-        env_name: global.env_name.clone().filter(|e| !e.is_empty()),
-    };
-    plan::build(manifest, &opts)
-}
-
-/// One thread: resolving is I/O-bound and a single-threaded runtime starts in microseconds.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::output::warn_line;
 use crate::secret::EnvName;
 
-const TEMPLATE: &str = include_str!("../templates/secrets.toml");
+const TEMPLATE: &str = include_str!("../../templates/secrets.toml");
 const TEMPLATE_FILE: &str = ".env.template";
 
 pub fn run(

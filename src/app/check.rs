@@ -2,7 +2,7 @@
 //! variable (name, backend, path, outcome), never a value. Exit 0 only when every required
 //! secret resolves; otherwise the same code a launch would have failed with.
 
-use crate::app;
+use super::setup::{load_plan, write_stdout};
 use crate::cli::Global;
 use crate::error::Result;
 use crate::interrupt::Interrupts;
@@ -22,7 +22,7 @@ struct Row {
 }
 
 pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
-    let plan = app::load_plan(global)?;
+    let plan = load_plan(global)?;
     let resolution = resolve::resolve_blocking(&plan, global.timeout, interrupts)?;
     let rows: Vec<Row> = plan
         .vars
@@ -41,7 +41,7 @@ pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
             Row {
                 name: r.name.to_string(),
                 backend: r.backend.clone(),
-                kind: plan.backends.get(&r.backend).map_or("", |b| b.kind()),
+                kind: plan.backends.get(&r.backend).map_or("", |b| b.kind),
                 path: r.path.clone(),
                 key: p.key.as_ref().map(ToString::to_string),
                 version: r.version.clone().or_else(|| p.version.clone()),
@@ -62,7 +62,7 @@ pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
         // JSON escapes control characters itself; the table is for a terminal.
         crate::output::escape_controls(&render_table(&rows)).into_owned()
     };
-    app::write_stdout(out.as_bytes())?;
+    write_stdout(out.as_bytes())?;
     if code != 0 && !json {
         let failed = rows
             .iter()

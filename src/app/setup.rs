@@ -1,0 +1,30 @@
+//! What every command starts from: the plan (manifest and command line), the deadline of its
+//! reads, and a stdout that reports when it cannot be written.
+
+use std::io::Write;
+
+use crate::cli::Global;
+use crate::error::{Error, Result};
+use crate::manifest::{self, plan};
+
+/// Writes all of `bytes` to stdout; a closed or full stdout is `Error::Output` (74).
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(Error::Output)
+}
+
+/// When reading the manifest must give up: `--timeout` from now.
+pub fn deadline(global: &Global) -> std::time::Instant {
+    std::time::Instant::now() + global.timeout
+}
+
+pub fn load_plan(global: &Global) -> Result<plan::Plan> {
+    let manifest = manifest::load(&global.manifest, deadline(global))?;
+    let opts = plan::PlanOptions {
+        backend_override: global.backend.clone().filter(|b| !b.is_empty()),
+        env_name: global.env_name.clone().filter(|e| !e.is_empty()),
+    };
+    plan::build(manifest, &opts)
+}

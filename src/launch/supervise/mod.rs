@@ -1,0 +1,283 @@
+//! Supervise mode (the default): secret-run stays the child's parent. It forwards the signals a
+//! service manager or a container runtime sends, reaps zombies (all of them as PID 1 or with
+//! `--subreaper`), reloads the secrets on the reload signal or when `watch` finds a rotation, and
+//! exits with the child's code (128 + N when signal N killed it).
+//!
+//! The parts: `signals` installs the handlers (before the first resolve); `policy` decides, as a
+//! pure state machine, what each signal, exit, resolve and readiness answer leads to; `child`
+//! spawns and signals processes; `ready` probes a new child. This file is the driver: one task
+//! that turns notices, timers and finished work into the policy's inputs, and its actions into
+//! system calls, one at a time, so there is never a moment with two children except during an
+//! `overlap` hand-over. SIGINT is not forwarded when the child already got it from the terminal:
+//! both are in the terminal's foreground process group.
+
+mod child;
+mod policy;
+mod ready;
+mod signals;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use self::policy::{Action, Input, Policy};
+use self::signals::Notice;
+pub use self::signals::Signals;
+use super::Target;
+use super::exit::code_of;
+use crate::audit::Audit;
+use crate::error::{Error, Result};
+use crate::manifest::plan::Plan;
+use crate::resolve::{self, Resolution, ResolvedVar};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Reap the orphans of the child too (PR_SET_CHILD_SUBREAPER); implied as PID 1.
+    pub subreaper: bool,
+    /// Run the child in its own process group and signal the group.
+    pub process_group: bool,
+}
+
+/// What the first resolve hands to the supervisor.
+#[derive(Debug)]
+pub struct Start {
+    pub values: Vec<ResolvedVar>,
+    pub audit: Audit,
+    pub signals: Signals,
+    /// The reload signal arrived during the first resolve: reload once the child runs.
+    pub reload_asked: bool,
+}
+
+type Work<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+pub struct Supervisor<'a> {
+    plan: &'a Plan,
+    target: &'a Target,
+    timeout: Duration,
+    opts: Options,
+    audit: Audit,
+    notices: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    policy: Policy,
+    /// Reap every child, not only ours (PID 1, or `--subreaper`).
+    reap_all: bool,
+    /// The newest child was made the terminal's foreground group (`--process-group`).
+    holds_terminal: bool,
+    /// A resolve the policy asked for, while it runs.
+    resolving: Option<Work<'a, Resolution>>,
+    /// A readiness probe of this child, while it runs.
+    probing: Option<(Pid, Work<'a, bool>)>,
+}
+
+impl std::fmt::Debug for Supervisor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("policy", &self.policy)
+            .field("resolving", &self.resolving.is_some())
+            .field("probing", &self.probing.as_ref().map(|p| p.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Supervisor<'a> {
+    /// Takes over the signal handlers; the child is started by `run`.
+    pub fn new(
+        plan: &'a Plan,
+        target: &'a Target,
+        start: Start,
+        timeout: Duration,
+        opts: Options,
+    ) -> Result<Supervisor<'a>> {
+        let pid1 = nix::unistd::getpid().as_raw() == 1;
+        if opts.subreaper && !pid1 {
+            nix::sys::prctl::set_child_subreaper(true)
+                .map_err(Error::os("become a subreaper (PR_SET_CHILD_SUBREAPER)"))?;
+        }
+        let mut audit = start.audit;
+        audit.in_background();
+        let policy = Policy::new(
+            plan.run.clone(),
+            start.values,
+            start.reload_asked,
+            std::time::Instant::now(),
+            splay,
+        );
+        Ok(Supervisor {
+            plan,
+            target,
+            timeout,
+            opts,
+            audit,
+            notices: start.signals.notices,
+            policy,
+            reap_all: pid1 || opts.subreaper,
+            holds_terminal: false,
+            resolving: None,
+            probing: None,
+        })
+    }
+
+    pub async fn run(mut self) -> Result<u8> {
+        // The first child's failure to start is the run's error (126, 127), as with --exec.
+        let first = child::spawn(self.target, self.plan, self.policy.values(), self.opts)?;
+        self.holds_terminal = first.holds_terminal;
+        self.feed(Input::Spawned(first.pid));
+        loop {
+            if let Some(code) = self.policy.exit_code() {
+                return Ok(code);
+            }
+            let deadline = self
+                .policy
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                Some(notice) = self.notices.recv() => match notice {
+                    Notice::Signal(sig) => self.feed(Input::Signal(sig)),
+                    Notice::ChildChanged => self.reap(),
+                },
+                () = sleep_until_opt(deadline) => self.feed(Input::Tick),
+                resolution = next_of(&mut self.resolving) => {
+                    self.resolving = None;
+                    // Exits left for later while the resolve's own processes ran.
+                    self.reap();
+                    self.feed(Input::Resolved(resolution));
+                }
+                ready = next_probe(&mut self.probing) => {
+                    let pid = self.probing.take().map(|(pid, _)| pid);
+                    self.reap();
+                    if let Some(pid) = pid {
+                        self.feed(Input::Probed { pid, ready });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one input to the policy and carries out what it decides; a spawn's result goes
+    /// back to it before anything else.
+    fn feed(&mut self, input: Input) {
+        let mut inputs = std::collections::VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let actions = self.policy.handle(input, std::time::Instant::now());
+            for action in actions {
+                if let Some(answer) = self.act(action) {
+                    inputs.push_back(answer);
+                }
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Spawn => {
+                match child::spawn(self.target, self.plan, self.policy.values(), self.opts) {
+                    Ok(spawned) => {
+                        self.holds_terminal = spawned.holds_terminal;
+                        return Some(Input::Spawned(spawned.pid));
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot start the child: {e}");
+                        return Some(Input::SpawnFailed {
+                            code: e.exit_code(),
+                        });
+                    }
+                }
+            }
+            Action::Forward { pid, signal } => {
+                if signal == Signal::SIGINT
+                    && !self.opts.process_group
+                    && child::got_it_from_terminal()
+                {
+                    tracing::debug!(
+                        "SIGINT came from the terminal to the whole foreground group; not forwarded"
+                    );
+                } else {
+                    child::send(pid, signal, self.opts);
+                }
+            }
+            Action::Send { pid, signal } => child::send(pid, signal, self.opts),
+            Action::Resolve => {
+                self.resolving = Some(Box::pin(resolve::resolve(self.plan, self.timeout)));
+            }
+            Action::Probe(pid) => {
+                if let Some(ready) = &self.plan.run.ready {
+                    self.probing = Some((pid, Box::pin(ready::probe(ready))));
+                } else {
+                    return Some(Input::Probed { pid, ready: true });
+                }
+            }
+            Action::Audit(event) => self.audit.record(event),
+        }
+        None
+    }
+
+    /// Collects every exit that is ours to collect. While the runtime has children of its own
+    /// (a `command` provider, a readiness program), only ours are reaped, by PID.
+    fn reap(&mut self) {
+        let mut ended: Vec<(Pid, u8)> = Vec::new();
+        let mut stopped = None;
+        // WUNTRACED: a child stopped by the terminal (Ctrl-Z, or reading it from the
+        // background) is reported too, so that secret-run can stop with it.
+        let flags = Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED);
+        let mut note = |status: WaitStatus| match status {
+            WaitStatus::Stopped(pid, _) => stopped = Some(pid),
+            status => {
+                if let (Some(pid), Some(code)) = (status.pid(), code_of(status)) {
+                    ended.push((pid, code));
+                }
+            }
+        };
+        let runtime_children = self.resolving.is_some() || self.probing.is_some();
+        if self.reap_all && !runtime_children {
+            loop {
+                match waitpid(Pid::from_raw(-1), flags) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(status) => note(status),
+                }
+            }
+        } else {
+            for pid in self.policy.live_pids() {
+                if let Ok(status) = waitpid(pid, flags) {
+                    note(status);
+                }
+            }
+        }
+        for (pid, code) in ended {
+            self.feed(Input::Exited { pid, code });
+        }
+        if let Some(pid) = stopped.filter(|p| self.policy.child() == Some(*p)) {
+            if self.holds_terminal {
+                child::follow_stop(pid, self.opts);
+            }
+        }
+    }
+}
+
+/// ±10% around `d`, so that a fleet started together does not poll in step.
+fn splay(d: Duration) -> Duration {
+    d.mul_f64(0.9 + 0.2 * fastrand::f64())
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_of<T>(work: &mut Option<Work<'_, T>>) -> T {
+    match work {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_probe(probe: &mut Option<(Pid, Work<'_, bool>)>) -> bool {
+    match probe {
+        Some((_, w)) => w.await,
+        None => std::future::pending().await,
+    }
+}
