@@ -25,6 +25,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::{
     BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
@@ -240,6 +241,11 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let causes = causes(err);
+    if !matches!(err, SdkError::ServiceError(_)) {
+        if let Some(e) = find_cause::<CredentialsError>(err) {
+            return credentials_error(e, &causes);
+        }
+    }
     match err {
         SdkError::ServiceError(ctx) => {
             let e = ctx.err();
@@ -271,9 +277,6 @@ where
                 )),
             }
         }
-        _ if causes.contains("credential") || causes.contains("identity") => SecretError::denied(
-            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile (AWS_PROFILE or `profile`), or run where a role is provided (IRSA / web identity, ECS task role, instance profile)",
-        ),
         SdkError::TimeoutError(_) => SecretError::unavailable(format!(
             "AWS did not answer for {target} in {region} in time (per-attempt `request_timeout`)"
         )),
@@ -282,6 +285,34 @@ where
         )),
         _ => SecretError::unavailable(format!("AWS call for {target} failed ({causes})")),
     }
+}
+
+/// The credential chain gave nothing: none configured, a provider that did not answer, one
+/// configured wrongly.
+fn credentials_error(e: &CredentialsError, causes: &str) -> SecretError {
+    match e {
+        CredentialsError::CredentialsNotLoaded(_) => SecretError::denied(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile (AWS_PROFILE or `profile`), or run where a role is provided (IRSA / web identity, ECS task role, instance profile)",
+        ),
+        CredentialsError::ProviderTimedOut(_) => SecretError::unavailable(format!(
+            "the AWS credential provider did not answer in time ({causes})"
+        )),
+        _ => SecretError::denied(format!("cannot load AWS credentials ({causes})")),
+    }
+}
+
+/// The first error of type `T` among `e` and its causes.
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        if let Some(found) = cause.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = cause.source();
+    }
+    None
 }
 
 /// Whether the call was refused by IAM. AWS says so with an `AccessDenied…` code; moto (and

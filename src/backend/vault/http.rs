@@ -227,18 +227,20 @@ impl Http {
         }
     }
 
-    /// Why a request got no reply, in the fewest words that still say what to fix.
+    /// Why a request got no reply, in the fewest words that still say what to fix, told by
+    /// the type of the cause: the resolver's error, the socket's, or else every cause in turn.
     fn describe(&self, e: &reqwest::Error) -> String {
-        let causes = chain(e);
-        if causes.contains("dns error") {
+        if find_cause::<hickory_resolver::net::NetError>(e).is_some() {
             let host = self.address.host_str().unwrap_or("?");
             return format!(
                 "cannot reach {}: the name `{host}` does not resolve (DNS)",
                 self.address()
             );
         }
-        let causes = causes.trim_start_matches("client error (Connect): ");
-        format!("cannot reach {} ({causes})", self.address())
+        match find_cause::<std::io::Error>(e) {
+            Some(io) => format!("cannot reach {} ({io})", self.address()),
+            None => format!("cannot reach {} ({})", self.address(), chain(e)),
+        }
     }
 
     fn headers(&self, token: Option<&SecretString>) -> Result<HeaderMap, SecretError> {
@@ -279,6 +281,20 @@ fn retryable(status: StatusCode) -> bool {
 /// Full jitter: a random pause up to the exponential step, so that many clients spread out.
 fn backoff(attempt: u32) -> Duration {
     crate::duration::exponential(BACKOFF_BASE, attempt, BACKOFF_CAP).mul_f64(fastrand::f64())
+}
+
+/// The first error of type `T` among `e`'s causes.
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = e.source();
+    while let Some(cause) = next {
+        if let Some(found) = cause.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = cause.source();
+    }
+    None
 }
 
 /// An error and its causes on one line ("tcp connect error: Connection refused (os error 111)"),
