@@ -768,3 +768,7 @@ fn changed(old: &[ResolvedVar], new: &[ResolvedVar]) -> Vec<String> {
 pub fn backoff(failures: u32) -> Duration {
     crate::duration::exponential(Duration::from_secs(1), failures, Duration::from_secs(30))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
