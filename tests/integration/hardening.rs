@@ -4,45 +4,15 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::{Project, Run, child_env, script};
-
-/// Runs with a limit: a hang is a failure, not a stuck test run.
-fn run_within(mut cmd: std::process::Command, limit: Duration) -> Run {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > until {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "secret-run hung (killed after {limit:?}); stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Run::from(child.wait_with_output().unwrap())
-}
+use crate::support::{Project, child_env, run_within, script, wait_until};
 
 fn mkfifo(path: &Path) {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn threads_of(pid: u32) -> usize {
@@ -114,7 +84,7 @@ fn secret_run_is_not_dumpable_but_its_command_is() {
     let sup_pid = sup.id();
     let child_pid = {
         let mut found = None;
-        wait_for("the command", || {
+        wait_until("the command", Duration::from_secs(10), || {
             found = std::fs::read_to_string(format!("/proc/{sup_pid}/task/{sup_pid}/children"))
                 .ok()
                 .and_then(|c| c.split_whitespace().next().map(str::to_owned));
@@ -351,7 +321,7 @@ fn a_signal_during_the_first_resolve_kills_the_providers_and_is_recorded() {
             let _ = std::fs::remove_file(p.path(f));
         }
         let mut sup = p.cmd().args(args).stderr(Stdio::piped()).spawn().unwrap();
-        wait_for("the provider", || {
+        wait_until("the provider", Duration::from_secs(10), || {
             p.path("provider.pid").exists() && p.path("grandchild.pid").exists()
         });
         std::thread::sleep(Duration::from_millis(100));

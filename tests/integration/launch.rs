@@ -3,19 +3,20 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::{Project, script};
+use crate::support::{Project, script, wait_until};
 
+#[track_caller]
 fn wait_for(path: &Path) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < until, "{} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        &format!("{} to appear", path.display()),
+        Duration::from_secs(10),
+        || path.exists(),
+    );
 }
 
 fn project() -> Project {
@@ -80,14 +81,15 @@ while :; do sleep 0.05; done
         kill(pid, sig).unwrap();
         let log = p.path("got.log");
         let name = sig.as_str().trim_start_matches("SIG").to_owned();
-        let until = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains(&name)
-        {
-            assert!(Instant::now() < until, "child never got {name}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(
+            &format!("the child to get {name}"),
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains(&name)
+            },
+        );
     }
     kill(pid, Signal::SIGTERM).unwrap();
     let status = sup.wait().unwrap();

@@ -303,22 +303,9 @@ fn a_blocking_local_read_is_cut_off_by_the_deadline() {
             &["--timeout", "300ms", "--exec", "--", "true"][..],
             &["--timeout", "300ms", "check"],
         ] {
-            let mut child = p
-                .cmd()
-                .args(args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while child.try_wait().unwrap().is_none() {
-                if std::time::Instant::now() > until {
-                    child.kill().unwrap();
-                    panic!("secret-run hung on a blocking read ({args:?}, {manifest:?})");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            let run = crate::support::Run::from(child.wait_with_output().unwrap());
+            let mut cmd = p.cmd();
+            cmd.args(args);
+            let run = crate::support::run_within(cmd, std::time::Duration::from_secs(10));
             run.code(69);
             let said = format!("{}{}", run.stdout, run.stderr);
             assert!(said.contains("deadline (--timeout)"), "{said}");

@@ -7,9 +7,10 @@
 use std::ffi::OsStr;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::kept::{Kept, free_port_pair, http_status, venv_bin};
+use crate::support::poll_until;
 
 pub struct Moto {
     pub endpoint: String,
@@ -38,17 +39,16 @@ impl Moto {
             ];
             let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(*v))).collect();
             let mut keeper = Kept::spawn(&bin, &args, &log, &env);
-            let until = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < until && !keeper.exited() {
-                if http_status(port, "GET", "/moto-api/") == Some(200) {
-                    return Moto {
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        port,
-                        dir,
-                        keeper,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            let up = poll_until(Duration::from_secs(30), || {
+                keeper.exited() || http_status(port, "GET", "/moto-api/") == Some(200)
+            });
+            if up && !keeper.exited() {
+                return Moto {
+                    endpoint: format!("http://127.0.0.1:{port}"),
+                    port,
+                    dir,
+                    keeper,
+                };
             }
             eprintln!(
                 "moto did not start on port {port}; trying another. Its log:\n{}",

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use crate::kept::{Kept, free_port_pair, http_status, venv_bin};
+use crate::support::poll_until;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const ROOT_TOKEN: &str = "root";
 
@@ -74,24 +75,21 @@ impl Bao {
     }
 
     fn wait_ready(&mut self) -> bool {
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
+        let mut ready = false;
+        poll_until(Duration::from_secs(20), || {
             if self.keeper.exited() {
-                return false;
-            }
-            if self.addr.starts_with("https") {
-                // No TLS client here: the CLI checks for us once the port accepts connections.
-                if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                    && self.bao(&["status"]).status.code() == Some(0)
-                {
-                    return true;
-                }
-            } else if http_status(self.port, "GET", "/v1/sys/health") == Some(200) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+            ready = if self.addr.starts_with("https") {
+                // No TLS client here: the CLI checks for us once the port accepts connections.
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                    && self.bao(&["status"]).status.code() == Some(0)
+            } else {
+                http_status(self.port, "GET", "/v1/sys/health") == Some(200)
+            };
+            ready
+        });
+        ready && !self.keeper.exited()
     }
 
     pub fn stop(&mut self) {

@@ -3,88 +3,13 @@
 //! failure with last-known-good values, zombies, PR_SET_PDEATHSIG, and the audit log.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::support::{Project, assert_gone, script};
-
-/// secret-run supervising a child in the background, its stderr in a file.
-struct Running {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Running {
-    fn start(p: &Project, args: &[&str]) -> Running {
-        Running::start_env(p, args, &[])
-    }
-
-    fn start_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Running {
-        let stderr = p.path("secret-run.err");
-        let mut cmd = p.cmd();
-        cmd.envs(env.iter().copied());
-        cmd.args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        Running {
-            child: cmd.spawn().expect("start secret-run"),
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(self.pid(), sig).expect("signal secret-run");
-    }
-
-    /// Waits for secret-run to exit; its code (128 + N for a signal).
-    fn wait(mut self, limit: Duration) -> (i32, String) {
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                use std::os::unix::process::ExitStatusExt;
-                let code = status
-                    .code()
-                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-                return (
-                    code,
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default(),
-                );
-            }
-            if Instant::now() > until {
-                let _ = self.child.kill();
-                panic!(
-                    "secret-run did not exit within {limit:?}; its stderr:\n{}",
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits (bounded) until `cond` holds, else fails with `what`.
-#[track_caller]
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use crate::support::{Project, Supervised, assert_gone, script, wait_until};
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -144,7 +69,7 @@ fn starts(p: &Project) -> Vec<String> {
 #[test]
 fn sighup_with_a_changed_value_restarts_the_child_with_it() {
     let p = project("min_restart_interval = \"1s\"");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the first child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -165,9 +90,7 @@ fn sighup_with_a_changed_value_restarts_the_child_with_it() {
         "{log:?}"
     );
 
-    run.signal(Signal::SIGTERM);
-    let (code, stderr) = run.wait(Duration::from_secs(5));
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = run.stop_expecting(0);
     let changes = reloads(&p, "changed");
     assert_eq!(changes[0]["changed"], serde_json::json!(["TOKEN"]));
     assert_eq!(changes[0]["trigger"], "signal");
@@ -207,7 +130,7 @@ fn sighup_picks_up_a_secret_rotated_in_openbao() {
         bao.addr
     ));
     service(&p);
-    let run = Running::start_env(
+    let run = Supervised::start_env(
         &p,
         &["--", "./bin/service"],
         &[("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)],
@@ -234,16 +157,14 @@ fn sighup_picks_up_a_secret_rotated_in_openbao() {
     let resolves = audit(&p, "resolve");
     assert_eq!(resolves[0]["vars"][0]["version"], "1");
     assert_eq!(resolves.last().unwrap()["vars"][0]["version"], "2");
-    run.signal(Signal::SIGTERM);
-    let (code, stderr) = run.wait(Duration::from_secs(5));
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = run.stop_expecting(0);
     assert!(!stderr.contains("CANARY"), "{stderr}");
 }
 
 #[test]
 fn sighup_without_a_change_restarts_nothing_unless_always() {
     let p = project("");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -256,11 +177,10 @@ fn sighup_without_a_change_restarts_nothing_unless_always() {
         serde_json::json!([])
     );
     assert_eq!(starts(&p).len(), 1);
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 
     let p = project("restart = \"always\"");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -268,8 +188,7 @@ fn sighup_without_a_change_restarts_nothing_unless_always() {
     wait_until("a restart", Duration::from_secs(5), || {
         starts(&p).len() == 2
     });
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 }
 
 #[test]
@@ -285,7 +204,7 @@ fn sighup_while_the_backend_is_down_keeps_the_old_child() {
     );
     p.write("value", "CANARY-rotation-v1");
     service(&p);
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -314,16 +233,14 @@ fn sighup_while_the_backend_is_down_keeps_the_old_child() {
         starts(&p).len() == 2
     });
     assert!(starts(&p)[1].ends_with("CANARY-rotation-v2"));
-    run.signal(Signal::SIGTERM);
-    let (code, stderr) = run.wait(Duration::from_secs(5));
-    assert_eq!(code, 0);
+    let stderr = run.stop_expecting(0);
     assert!(!stderr.contains("CANARY"), "{stderr}");
 }
 
 #[test]
 fn a_storm_of_sighups_coalesces_and_never_runs_two_children() {
     let p = project("min_restart_interval = \"2s\"");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -347,14 +264,13 @@ fn a_storm_of_sighups_coalesces_and_never_runs_two_children() {
         }
         assert!(alive <= 1, "two children at once: {log:?}");
     }
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 }
 
 #[test]
 fn signal_policy_signals_the_child_and_does_not_restart_it() {
     let p = project("on_change = \"signal\"\nchild_signal = \"SIGHUP\"");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -367,14 +283,13 @@ fn signal_policy_signals_the_child_and_does_not_restart_it() {
     });
     assert_eq!(starts(&p).len(), 1);
     assert_eq!(audit(&p, "signal").len(), 1);
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 }
 
 #[test]
 fn watch_picks_up_a_rotation_without_a_signal() {
     let p = project("watch = \"500ms\"\nmin_restart_interval = \"1s\"");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -384,8 +299,7 @@ fn watch_picks_up_a_rotation_without_a_signal() {
     });
     assert!(starts(&p)[1].ends_with("CANARY-rotation-v2"));
     assert_eq!(audit(&p, "reload").last().unwrap()["trigger"], "watch");
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 }
 
 /// A TCP server in Python that shares its port (SO_REUSEPORT), answers every connection with
@@ -425,7 +339,7 @@ fn overlap_hands_over_without_a_refused_connection() {
         "on_change = \"overlap\"\nready = { cmd = [\"sh\", \"-c\", \"test $(ls ready-* | wc -l) -ge 2\"], timeout = \"10s\" }\n",
     );
     reuseport_server(&p, port);
-    let run = Running::start(&p, &["--", "./bin/server"]);
+    let run = Supervised::start(&p, &["--", "./bin/server"]);
     wait_until("the server", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -461,8 +375,7 @@ fn overlap_hands_over_without_a_refused_connection() {
     let (ok, refused, seen) = client.join().unwrap();
     assert_eq!(refused, 0, "{refused} connections refused ({ok} served)");
     assert!(seen.contains("CANARY-rotation-v2"), "{seen:?}");
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 }
 
 #[test]
@@ -470,7 +383,7 @@ fn overlap_keeps_the_old_child_when_the_new_one_never_gets_ready() {
     let p = project(
         "on_change = \"overlap\"\nready = { cmd = [\"false\"], timeout = \"1s\" }\nstop_timeout = \"2s\"",
     );
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -486,8 +399,7 @@ fn overlap_keeps_the_old_child_when_the_new_one_never_gets_ready() {
         "the old child was stopped"
     );
     assert_gone(second);
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 }
 
 #[test]
@@ -510,7 +422,7 @@ n=$(cat runs 2>/dev/null || echo 0); echo $((n + 1)) > runs
 if [ "$n" -lt 2 ]; then touch down; exit 3; fi
 while :; do sleep 0.05; done"#,
     );
-    let run = Running::start(&p, &["--", "./bin/crashy"]);
+    let run = Supervised::start(&p, &["--", "./bin/crashy"]);
     wait_until("the third start", Duration::from_secs(10), || {
         starts(&p).len() == 3
     });
@@ -519,16 +431,14 @@ while :; do sleep 0.05; done"#,
         !audit(&p, "stale-serve").is_empty(),
         "no stale-serve record"
     );
-    run.signal(Signal::SIGTERM);
-    let (code, stderr) = run.wait(Duration::from_secs(5));
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = run.stop_expecting(0);
     assert!(!stderr.contains("CANARY"), "{stderr}");
 }
 
 #[test]
 fn the_child_killed_gives_137_and_its_own_exit_ends_the_run() {
     let p = project("");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -543,7 +453,7 @@ fn the_child_killed_gives_137_and_its_own_exit_ends_the_run() {
 #[test]
 fn a_sigkilled_supervisor_leaves_no_child_behind() {
     let p = project("");
-    let run = Running::start(&p, &["--", "./bin/service"]);
+    let run = Supervised::start(&p, &["--", "./bin/service"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -576,7 +486,7 @@ fn subreaper_reaps_the_orphans_of_the_child() {
         "bin/parent",
         "trap 'exit 0' TERM; (sleep 0.1 &); (sleep 0.1 &); echo \"start $$ $TOKEN\" >> events.log; while :; do sleep 0.05; done",
     );
-    let run = Running::start(&p, &["--subreaper", "--", "./bin/parent"]);
+    let run = Supervised::start(&p, &["--subreaper", "--", "./bin/parent"]);
     wait_until("the child", Duration::from_secs(5), || {
         starts(&p).len() == 1
     });
@@ -586,8 +496,7 @@ fn subreaper_reaps_the_orphans_of_the_child() {
         0,
         "zombies left under secret-run"
     );
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(Duration::from_secs(5)).0, 0);
+    run.stop_expecting(0);
 }
 
 #[test]
@@ -630,7 +539,7 @@ fn process_group_signals_reach_the_whole_group() {
         "bin/group",
         "echo \"start $$ $TOKEN\" >> events.log; sh -c 'echo $$ > grandchild.pid; exec sleep 30'",
     );
-    let run = Running::start(&p, &["--process-group", "--", "./bin/group"]);
+    let run = Supervised::start(&p, &["--process-group", "--", "./bin/group"]);
     wait_until("the grandchild", Duration::from_secs(5), || {
         p.path("grandchild.pid").exists()
     });
@@ -639,9 +548,7 @@ fn process_group_signals_reach_the_whole_group() {
         .trim()
         .parse()
         .unwrap();
-    run.signal(Signal::SIGTERM);
-    let (code, _) = run.wait(Duration::from_secs(5));
-    assert_eq!(code, 143);
+    run.stop_expecting(143);
     assert_gone(grandchild);
 }
 

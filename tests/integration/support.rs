@@ -1,9 +1,14 @@
-//! Helpers: a project directory with a manifest, and a way to run the binary in it.
+//! Helpers: a project directory with a manifest, ways to run the binary in it (to its end, within
+//! a limit, or supervising in the background), and the one bounded polling loop.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 /// Distinctive values that must never appear in secret-run's own output.
 pub const CANARIES: &[&str] = &[
@@ -201,17 +206,156 @@ pub fn read_env_dump(path: &Path) -> std::collections::BTreeMap<String, String> 
 /// Waits (bounded) until `pid` has exited, or fails: for "the process was killed" assertions.
 #[track_caller]
 pub fn assert_gone(pid: i32) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    wait_until(
+        &format!("process {pid} to end"),
+        Duration::from_secs(5),
+        || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for its (killed) parent's reaper: either way not running.
+            stat.is_empty() || stat.contains(") Z ")
+        },
+    );
+}
+
+/// Waits (bounded) until `cond` holds, else fails naming `what`: the one polling loop of the
+/// tests. Every wait is bounded, so that a hang fails the test instead of stalling the run.
+#[track_caller]
+pub fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_until(limit, cond),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// Polls `cond` every 20 ms until it holds (`true`) or `limit` has passed (`false`).
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
     loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Gone, or a zombie waiting for its (killed) parent's reaper: either way not running.
-        if stat.is_empty() || stat.contains(") Z ") {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` to its end with a limit: a hang is a failure (the process is killed), not a stuck
+/// test run.
+#[track_caller]
+pub fn run_within(mut cmd: Command, limit: Duration) -> Run {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start secret-run");
+    let until = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "secret-run hung (killed after {limit:?}); stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Run::from(child.wait_with_output().expect("wait"))
+}
+
+/// secret-run supervising a child in the background, its stderr in a file. Dropped while still
+/// running, it is stopped (SIGTERM, as a service manager would) and must exit within 10 s;
+/// `stop_expecting` also checks the exit code.
+pub struct Supervised {
+    child: std::process::Child,
+    stderr: PathBuf,
+    ended: bool,
+}
+
+impl Supervised {
+    pub fn start(p: &Project, args: &[&str]) -> Supervised {
+        Supervised::start_env(p, args, &[])
+    }
+
+    pub fn start_env(p: &Project, args: &[&str], env: &[(&str, &str)]) -> Supervised {
+        let stderr = p.path("secret-run.err");
+        let mut cmd = p.cmd();
+        cmd.envs(env.iter().copied());
+        cmd.args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        Supervised {
+            child: cmd.spawn().expect("start secret-run"),
+            stderr,
+            ended: false,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal secret-run");
+    }
+
+    /// Waits for secret-run to exit; its code (128 + N for a signal) and its stderr.
+    #[track_caller]
+    pub fn wait(mut self, limit: Duration) -> (i32, String) {
+        self.ended = true;
+        let code = self.wait_code(limit);
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        match code {
+            Some(code) => (code, stderr),
+            None => panic!("secret-run did not exit within {limit:?}; its stderr:\n{stderr}"),
+        }
+    }
+
+    /// SIGTERM, then the exit within 10 s with `code`; its stderr.
+    #[track_caller]
+    pub fn stop_expecting(self, code: i32) -> String {
+        self.signal(Signal::SIGTERM);
+        let (got, stderr) = self.wait(Duration::from_secs(10));
+        assert_eq!(
+            got, code,
+            "secret-run's exit code after SIGTERM; stderr:\n{stderr}"
+        );
+        stderr
+    }
+
+    fn wait_code(&mut self, limit: Duration) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                );
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if self.ended {
             return;
         }
-        assert!(
-            std::time::Instant::now() < until,
-            "process {pid} is still running"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let stopped = self.wait_code(Duration::from_secs(10)).is_some();
+        // Not while a test is already failing: a second panic would abort the whole run.
+        if !std::thread::panicking() {
+            assert!(stopped, "secret-run did not stop within 10 s of SIGTERM");
+        }
     }
 }
