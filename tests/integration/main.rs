@@ -10,6 +10,7 @@ mod exit_codes;
 mod hardening;
 mod kept;
 mod launch;
+mod layers;
 mod local_backends;
 mod manifest_errors;
 #[cfg(feature = "aws")]
