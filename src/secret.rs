@@ -18,25 +18,30 @@ pub const MAX_ENV_STRING: usize = 32 * 4096;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EnvName(String);
 
+/// Why a name cannot be an environment variable's; the message says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadName(String);
+
 impl EnvName {
-    pub fn parse(name: &str) -> Result<EnvName, String> {
+    pub fn parse(name: &str) -> Result<EnvName, BadName> {
         let mut chars = name.chars();
         let Some(first) = chars.next() else {
-            return Err("a variable name cannot be empty".into());
+            return Err(BadName("a variable name cannot be empty".into()));
         };
         if !(first.is_ascii_alphabetic() || first == '_') {
-            return Err(format!(
+            return Err(BadName(format!(
                 "`{name}` is not a valid variable name: it must start with a letter or `_`"
-            ));
+            )));
         }
         if let Some(bad) = name
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
         {
-            return Err(format!(
+            return Err(BadName(format!(
                 "`{name}` is not a valid variable name: `{}` is not allowed (use letters, digits and `_`)",
                 bad.escape_default()
-            ));
+            )));
         }
         Ok(EnvName(name.to_owned()))
     }

@@ -119,7 +119,7 @@ fn from_env_file(
     }
     let invalid: Vec<String> = names
         .iter()
-        .filter_map(|n| EnvName::parse(n).err())
+        .filter_map(|n| EnvName::parse(n).err().map(|e| e.to_string()))
         .collect();
     if !invalid.is_empty() {
         return Err(Error::Init(format!(

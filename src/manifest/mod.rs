@@ -356,7 +356,9 @@ fn parse_backend(name: &str, value: toml::Value) -> Result<(Option<String>, Spec
 
 fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
     let mut problems = Vec::new();
-    let env_name = EnvName::parse(name).map_err(|e| problems.push(e)).ok();
+    let env_name = EnvName::parse(name)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
     let raw = match value {
         toml::Value::String(path) => Some(RawEntry {
             backend: None,
@@ -464,7 +466,7 @@ fn parse_env(value: toml::Value) -> Result<EnvPolicy, Vec<String>> {
     };
     for n in names {
         if let Err(e) = EnvName::parse(n) {
-            problems.push(e);
+            problems.push(e.to_string());
         }
     }
     if !problems.is_empty() {

@@ -185,7 +185,7 @@ impl Http {
             let failure = match tokio::time::timeout_at(limit, sent).await {
                 Ok(Ok(reply)) if !retryable(reply.status) => return Ok(reply),
                 Ok(Ok(reply)) => Failure::Reply(reply),
-                Ok(Err(Received::Error(e))) => Failure::Error(self.describe(&e)),
+                Ok(Err(Received::Error(e))) => Failure::Error(self.describe(&e), Some(e)),
                 Ok(Err(Received::TooLarge)) => {
                     return Err(SecretError::unavailable(format!(
                         "{} sent a reply larger than {} MiB; that is no Vault reply (check `address`)",
@@ -199,28 +199,37 @@ impl Http {
                         self.address()
                     )));
                 }
-                Err(_) => Failure::Error(format!(
-                    "{} did not answer within {} (per-request timeout)",
-                    self.address(),
-                    humantime::format_duration(self.request_timeout)
-                )),
+                Err(_) => Failure::Error(
+                    format!(
+                        "{} did not answer within {} (per-request timeout)",
+                        self.address(),
+                        humantime::format_duration(self.request_timeout)
+                    ),
+                    None,
+                ),
             };
             attempt += 1;
             let pause = backoff(attempt);
             if attempt > self.max_retries || Instant::now() + pause >= deadline {
                 return match failure {
                     Failure::Reply(reply) => Ok(reply),
-                    Failure::Error(msg) => Err(SecretError::unavailable(format!(
-                        "{msg}; gave up after {attempt} attempt{}",
-                        if attempt == 1 { "" } else { "s" }
-                    ))),
+                    Failure::Error(msg, cause) => {
+                        let err = SecretError::unavailable(format!(
+                            "{msg}; gave up after {attempt} attempt{}",
+                            if attempt == 1 { "" } else { "s" }
+                        ));
+                        Err(match cause {
+                            Some(cause) => err.with_source(cause),
+                            None => err,
+                        })
+                    }
                 };
             }
             tracing::debug!(
                 url = %url,
                 attempt,
                 pause_ms = pause.as_millis() as u64,
-                reason = %match &failure { Failure::Reply(r) => r.said(), Failure::Error(m) => m.clone() },
+                reason = %match &failure { Failure::Reply(r) => r.said(), Failure::Error(m, _) => m.clone() },
                 "retrying"
             );
             tokio::time::sleep(pause).await;
@@ -270,7 +279,8 @@ enum Received {
 
 enum Failure {
     Reply(Reply),
-    Error(String),
+    /// What to say, and the error it explains (none for a timeout).
+    Error(String, Option<reqwest::Error>),
 }
 
 fn retryable(status: StatusCode) -> bool {
