@@ -15,8 +15,9 @@ Examples:
   secret-run init --from-dotenv .env         start a manifest from an existing .env
 
 Exit codes: the command's own code; 128+N when signal N killed it; 64 usage; 65 secret missing
-or unusable; 69 backend unavailable; 73 cannot write (init, audit log); 74 cannot write stdout;
-77 permission denied; 78 manifest invalid; 126 command not executable; 127 command not found.
+or unusable; 69 backend unavailable; 70 a bug; 71 the OS refused a thread, a pipe, a handler;
+73 cannot write (init, audit log); 74 cannot write stdout; 77 permission denied; 78 manifest
+invalid; 126 command not executable; 127 command not found.
 See docs/lifecycle.md.";
 
 /// Run a command with its secrets in its environment, fetched from the backend the manifest

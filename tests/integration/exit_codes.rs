@@ -62,6 +62,37 @@ fn row_69_backend_unavailable() {
 }
 
 #[test]
+fn row_71_the_os_refuses_what_secret_run_needs() {
+    use std::os::unix::fs::PermissionsExt;
+    // No thread may be created (RLIMIT_NPROC = 1): the reads' thread cannot start. Root is
+    // exempt from the limit, so as root the run is made as nobody.
+    let p = dotenv_project();
+    for path in [p.dir.path(), &p.path(".env"), &p.path("secrets.toml")] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let mut cmd = std::process::Command::new(if root { "setpriv" } else { "prlimit" });
+    if root {
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "prlimit",
+        ]);
+    }
+    cmd.args(["--nproc=1", "--"])
+        .arg(crate::support::bin())
+        .args(["--exec", "--", "true"])
+        .current_dir(p.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    crate::support::Run::from(cmd.output().unwrap())
+        .code(71)
+        .stderr_has("cannot start a thread for the reads: Resource temporarily unavailable");
+}
+
+#[test]
 fn row_73_cannot_write() {
     let p = dotenv_project();
     let before = std::fs::read_to_string(p.path("secrets.toml")).unwrap();
