@@ -7,7 +7,8 @@
 # ROUNDS interleaved rounds of RUNS runs each, and each round's overhead is taken against the
 # bare `true` of the same round; the report gives the median of those and their range.
 # With BENCH_NO_PIE=1 and BENCH_LEAN=1, the builds of `scripts/build-release --no-pie` and
-# `--lean` are timed too.
+# `--lean` are timed too. BENCH_BASELINE=/path/to/secret-run times another build in the same
+# rounds (exec and supervise): a change against the build before it.
 # Usage: bench/exec-overhead.sh [RUNS] [ROUNDS]    Results: bench/results/exec-overhead*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,10 @@ fi
 if [ "${BENCH_LEAN:-}" = 1 ]; then
     lean=$(scripts/build-release --lean)
     args+=(-n "secret-run --exec (lean build)" "$lean -f $work/secrets.toml --exec -- $true_bin")
+fi
+if [ -n "${BENCH_BASELINE:-}" ]; then
+    args+=(-n "baseline --exec" "$BENCH_BASELINE -f $work/secrets.toml --exec -- $true_bin"
+           -n "baseline (supervise)" "$BENCH_BASELINE -f $work/secrets.toml -- $true_bin")
 fi
 [ -x "$tools/dotenvy/bin/dotenvy" ] && args+=(-n "dotenvy CLI" "$PWD/$tools/dotenvy/bin/dotenvy -f $work/.env $true_bin")
 

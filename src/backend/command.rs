@@ -35,7 +35,7 @@ use crate::secret::{SecretError, strip_one_newline, value_from_bytes};
 
 pub const KIND: Kind = Kind {
     name: "command",
-    builtin: false,
+    builtin: None,
     parse: |table| {
         let config = typed::<Config>(table)?;
         config.validate()?;

@@ -21,7 +21,7 @@ use crate::secret::{SecretError, path_to_var, value_from_bytes};
 
 pub const KIND: Kind = Kind {
     name: "env",
-    builtin: true,
+    builtin: Some(|| Box::new(Config::default())),
     parse: |table| Ok(Box::new(typed::<Config>(table)?)),
 };
 

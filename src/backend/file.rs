@@ -25,7 +25,7 @@ use crate::secret::{MAX_ENV_STRING, SecretError, strip_one_newline, value_from_b
 
 pub const KIND: Kind = Kind {
     name: "file",
-    builtin: false,
+    builtin: None,
     parse: |table| Ok(Box::new(typed::<Config>(table)?)),
 };
 

@@ -35,9 +35,9 @@ use crate::secret::SecretError;
 pub struct Kind {
     /// What `kind = "…"` says.
     pub name: &'static str,
-    /// Usable without a `[backends.NAME]` table, under its kind's name (`backend = "env"`); a
-    /// declaration of that name replaces it. Its configuration is an empty table.
-    pub builtin: bool,
+    /// Usable without a `[backends.NAME]` table, under its kind's name (`backend = "env"`), with
+    /// this configuration; a declaration of that name replaces it.
+    pub builtin: Option<fn() -> Box<dyn Config>>,
     /// Types the backend's table (without `kind` and `prefix`, which every kind shares) and
     /// checks what can be checked before anything is read.
     pub parse: fn(toml::Table) -> Result<Box<dyn Config>, Invalid>,
@@ -120,13 +120,13 @@ impl Spec {
 
     /// The backends that exist without being declared.
     pub fn builtins() -> impl Iterator<Item = (&'static str, Spec)> {
-        REGISTRY.iter().filter(|k| k.builtin).filter_map(|kind| {
-            let config = (kind.parse)(toml::Table::new()).ok()?;
+        REGISTRY.iter().filter_map(|kind| {
+            let config = kind.builtin?;
             Some((
                 kind.name,
                 Spec {
                     kind,
-                    config: Arc::from(config),
+                    config: Arc::from(config()),
                 },
             ))
         })

@@ -53,7 +53,7 @@ pub enum Encoding {
 
 pub const KIND: Kind = Kind {
     name: "aws-secrets-manager",
-    builtin: false,
+    builtin: None,
     parse: |table| {
         let config = typed::<Config>(table)?;
         config.common.validate()?;

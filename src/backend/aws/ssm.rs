@@ -41,7 +41,7 @@ const PARALLEL: usize = 8;
 
 pub const KIND: Kind = Kind {
     name: "aws-ssm",
-    builtin: false,
+    builtin: None,
     parse: |table| {
         let config = typed::<Config>(table)?;
         config.common.validate()?;

@@ -29,7 +29,7 @@ pub mod parse;
 
 pub const KIND: Kind = Kind {
     name: "dotenv",
-    builtin: true,
+    builtin: Some(|| Box::new(Config::default())),
     parse: |table| Ok(Box::new(typed::<Config>(table)?)),
 };
 

@@ -46,7 +46,7 @@ use crate::secret::SecretError;
 
 pub const KIND: Kind = Kind {
     name: "vault",
-    builtin: false,
+    builtin: None,
     parse: |table| {
         let config = typed::<Config>(table)?;
         config.validate()?;
