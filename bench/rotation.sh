@@ -3,12 +3,13 @@
 # - resident memory (VmRSS) of secret-run supervising `sleep`, with 20 secrets from files;
 # - the time from SIGHUP to the new child running with the new value (file backend, on_change =
 #   restart; the child is `sleep`, which stops at once on SIGTERM, so its own stop time is ~0).
+# BENCH_BIN=/path/to/secret-run measures another build (a change against the one before it).
 # Usage: bench/rotation.sh [ROUNDS]      Results: bench/results/rotation.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-30}
 mkdir -p bench/results
-bin=$(scripts/build-release)
+bin=${BENCH_BIN:-$(scripts/build-release)}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/run"
