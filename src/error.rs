@@ -107,6 +107,15 @@ pub enum Error {
     #[error("cannot write to standard output: {0}")]
     Output(std::io::Error),
 
+    /// A `listen` socket cannot be had: before any secret is fetched.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        addr: String,
+        reason: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The operating system refused something secret-run needs for itself (a thread, a pipe, a
     /// signal handler): `what` says what it was doing.
     #[error("cannot {what}: {source}")]
@@ -142,7 +151,7 @@ impl Error {
             Error::Output(_) => code::IO_ERROR,
             // As if the signal had ended secret-run, which is what the caller asked for.
             Error::Interrupted(sig) => 128u8.saturating_add(*sig as u8),
-            Error::Os { .. } => code::OS_ERROR,
+            Error::Os { .. } | Error::Listen { .. } => code::OS_ERROR,
             Error::Internal(_) => code::SOFTWARE,
         }
     }

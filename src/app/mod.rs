@@ -79,6 +79,9 @@ fn launch_command(
         None
     };
     let plan = load_plan(global)?;
+    // Before any secret is fetched: an address in use costs nothing and reveals nothing. So
+    // early that the sockets take descriptors 3, 4, … (see `listen`).
+    let mut listeners = launch::listen::Listeners::open(&plan.run.listen)?;
     // Opened only when the manifest asks for it: the common --exec path stays one file read.
     let mut audit = Audit::open(plan.audit.as_deref(), plan.name.as_deref())?;
     if let Some(interrupts) = interrupts {
@@ -87,8 +90,24 @@ fn launch_command(
         let vars = audited_start(resolution, &mut audit)?;
         // The command must not inherit blocked signals.
         drop(interrupts);
-        let cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
+        let mut cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
         drop(vars);
+        if !listeners.is_empty() {
+            // The command keeps this PID: LISTEN_PID is known now, and nothing forks.
+            cmd.env("LISTEN_PID", std::process::id().to_string());
+            for (name, value) in listeners.env() {
+                cmd.env(name, value);
+            }
+            let staged = listeners.staged()?;
+            // SAFETY: no fork happens with exec; the closure runs in this process right before
+            // its execve, and only calls dup2.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || staged.install());
+            }
+            // The command serves on the socket files from now on: they stay.
+            listeners.keep_files();
+        }
         // The command keeps this PID; the log (opened close-on-exec) does not follow it.
         audit.record(Event::Exec {
             pid: std::process::id() as i32,
@@ -129,7 +148,8 @@ fn launch_command(
             signals,
             reload_asked,
         };
-        let supervisor = supervise::Supervisor::new(&plan, &target, start, global.timeout, opts)?;
+        let supervisor =
+            supervise::Supervisor::new(&plan, &target, &listeners, start, global.timeout, opts)?;
         let code = supervisor.run().await;
         keepers.iter().for_each(tokio::task::JoinHandle::abort);
         code

@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod exit;
+pub mod listen;
 pub mod supervise;
 
 use std::ffi::{OsStr, OsString};

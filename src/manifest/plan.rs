@@ -200,12 +200,18 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
         return Err(Error::Config(ConfigErrors(problems)));
     }
     let audit = manifest.audit.as_ref().map(|a| ctx.base_dir.join(&a.path));
+    let mut run = manifest.run;
+    for l in &mut run.listen {
+        if let super::run::ListenAddr::Unix(path) = &mut l.addr {
+            *path = ctx.base_dir.join(&*path);
+        }
+    }
     Ok(Plan {
         name: manifest.name,
         vars,
         backends,
         env: manifest.env,
-        run: manifest.run,
+        run,
         audit,
     })
 }

@@ -13,7 +13,8 @@
 //! min_restart_interval = "5s"    # restarts are rate-limited; storms coalesce
 //! max_stale = "1h"               # how long last-known-good values may serve a restart
 //! restart_on_exit = "never"      # or "on-failure"
-//! ready = { tcp = "127.0.0.1:8080", timeout = "30s" }   # or cmd = ["curl", "-fs", "…"]
+//! ready = { notify = true, timeout = "30s" }   # or tcp = "127.0.0.1:8080", or cmd = ["curl", …]
+//! listen = ["tcp://127.0.0.1:8080", { addr = "unix:/run/app/app.sock", name = "api", mode = "0660" }]
 //!
 //! [audit]
 //! path = "/var/log/secret-run/audit.jsonl"
@@ -58,6 +59,9 @@ pub struct Ready {
     pub tcp: Option<String>,
     /// Ready when this program exits 0 (run again until it does).
     pub cmd: Option<Vec<String>>,
+    /// Ready when the child itself sends `READY=1` to its `NOTIFY_SOCKET` (sd_notify).
+    #[serde(default)]
+    pub notify: bool,
     #[serde(default = "thirty_s", deserialize_with = "de_duration")]
     pub timeout: Duration,
 }
@@ -86,6 +90,116 @@ pub struct RunConfig {
     pub ready: Option<Ready>,
     #[serde(default)]
     pub restart_on_exit: RestartOnExit,
+    /// Sockets secret-run binds once and hands to every child (systemd's `LISTEN_FDS`).
+    #[serde(default, deserialize_with = "de_listen")]
+    pub listen: Vec<Listen>,
+}
+
+/// One socket of `listen`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: ListenAddr,
+    /// In `LISTEN_FDNAMES`; `unknown` when not given, as systemd writes it.
+    pub name: Option<String>,
+    /// The socket file's mode (unix sockets only).
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(std::net::SocketAddr),
+    /// Relative paths are relative to the manifest's directory (resolved by the plan).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl ListenAddr {
+    /// `tcp://127.0.0.1:8080`, `tcp://[::]:8443`, `unix:/run/app/app.sock`.
+    pub fn parse(text: &str) -> Result<ListenAddr, crate::error::Invalid> {
+        if let Some(rest) = text.strip_prefix("tcp://") {
+            let addr: std::net::SocketAddr = rest.parse().map_err(|_| {
+                format!("`{text}`: write an IP address and a port, e.g. tcp://127.0.0.1:8080 or tcp://[::]:8443 (names are not resolved)")
+            })?;
+            if addr.port() == 0 {
+                return Err(format!(
+                    "`{text}`: port 0 would be a different port on every run; name the port"
+                )
+                .into());
+            }
+            return Ok(ListenAddr::Tcp(addr));
+        }
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!(
+                    "`{text}`: name the socket's path, e.g. unix:/run/app/app.sock"
+                )
+                .into());
+            }
+            // sun_path holds 108 bytes, its NUL included.
+            if path.len() > 107 {
+                return Err(format!("`{text}`: a unix socket path is at most 107 bytes").into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        Err(format!("`{text}`: an address starts with tcp:// or unix:").into())
+    }
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Listen>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Addr(String),
+        Table(Table),
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        addr: String,
+        name: Option<String>,
+        mode: Option<String>,
+    }
+    use serde::de::Error as _;
+    let entries = Vec::<Entry>::deserialize(d).map_err(|_| {
+        D::Error::custom("`listen` is a list of addresses (\"tcp://127.0.0.1:8080\", \"unix:/run/app.sock\") or of tables `{ addr = \"…\", name = \"http\", mode = \"0660\" }`")
+    })?;
+    entries
+        .into_iter()
+        .map(|e| {
+            let (addr, name, mode) = match e {
+                Entry::Addr(a) => (a, None, None),
+                Entry::Table(t) => (t.addr, t.name, t.mode),
+            };
+            let addr = ListenAddr::parse(&addr).map_err(|e| D::Error::custom(format!("listen: {e}")))?;
+            if let Some(n) = &name {
+                if n.is_empty() || n.len() > 255 || !n.chars().all(|c| c.is_ascii_graphic() && c != ':') {
+                    return Err(D::Error::custom(format!(
+                        "listen: name `{n}`: at most 255 printable ASCII characters, without `:` (LISTEN_FDNAMES separates names with it)"
+                    )));
+                }
+            }
+            let mode = match mode {
+                None => None,
+                Some(m) => {
+                    if !matches!(addr, ListenAddr::Unix(_)) {
+                        return Err(D::Error::custom(format!("listen: `mode` is for unix sockets ({addr})")));
+                    }
+                    Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| {
+                        D::Error::custom(format!("listen: mode `{m}` is not an octal file mode such as \"0660\""))
+                    })?)
+                }
+            };
+            Ok(Listen { addr, name, mode })
+        })
+        .collect()
 }
 
 impl Default for RunConfig {
@@ -102,6 +216,7 @@ impl Default for RunConfig {
             max_stale: one_h(),
             ready: None,
             restart_on_exit: RestartOnExit::Never,
+            listen: Vec::new(),
         }
     }
 }
@@ -132,22 +247,53 @@ impl RunConfig {
                 ));
             }
         }
-        if self.on_change == OnChange::Overlap {
-            match &self.ready {
-                None => problems.push(
-                    "`on_change = \"overlap\"` needs `ready = { tcp = \"HOST:PORT\" }` or `ready = { cmd = [...] }`, to know when the new child can take over".into(),
-                ),
-                Some(r) if r.tcp.is_some() == r.cmd.is_some() => problems.push(
-                    "`ready` takes one of `tcp` or `cmd`".into(),
-                ),
-                Some(r) if r.cmd.as_ref().is_some_and(Vec::is_empty) => {
-                    problems.push("`ready.cmd` cannot be empty".into());
+        if self.on_change == OnChange::Overlap && self.ready.is_none() {
+            problems.push(
+                "`on_change = \"overlap\"` needs `ready = { notify = true }`, `{ tcp = \"HOST:PORT\" }` or `{ cmd = [...] }`, to know when the new child can take over".into(),
+            );
+        }
+        if let Some(r) = &self.ready {
+            let ways =
+                usize::from(r.tcp.is_some()) + usize::from(r.cmd.is_some()) + usize::from(r.notify);
+            if ways != 1 {
+                problems.push("`ready` takes one of `notify = true`, `tcp` or `cmd`".into());
+            }
+            if r.cmd.as_ref().is_some_and(Vec::is_empty) {
+                problems.push("`ready.cmd` cannot be empty".into());
+            }
+            if let Some(tcp) = &r.tcp {
+                if let Some(shared) = self.listen.iter().find(|l| probe_reaches(tcp, &l.addr)) {
+                    problems.push(format!(
+                        "`ready.tcp = \"{tcp}\"` reaches {}, a socket of `listen` that every child shares: the old child would answer the probe for the new one, which proves nothing. Use `ready = {{ notify = true }}`, or a `cmd` that asks the new child (it gets SECRET_RUN_CHILD_PID)",
+                        shared.addr
+                    ));
                 }
-                Some(_) => {}
+            }
+        }
+        for (i, l) in self.listen.iter().enumerate() {
+            if self.listen[..i].iter().any(|o| o.addr == l.addr) {
+                problems.push(format!("`listen` names {} twice", l.addr));
             }
         }
         problems.into_iter().map(crate::error::Invalid).collect()
     }
+}
+
+/// Whether a TCP probe of `probe` would be answered through the listening socket `listen`.
+fn probe_reaches(probe: &str, listen: &ListenAddr) -> bool {
+    let ListenAddr::Tcp(l) = listen else {
+        return false;
+    };
+    let Ok(p) = probe.parse::<std::net::SocketAddr>() else {
+        // A name: `localhost:PORT` on a shared port is the same mistake.
+        return probe
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port == l.port().to_string());
+    };
+    p.port() == l.port()
+        && (l.ip().is_unspecified()
+            || p.ip() == l.ip()
+            || p.ip().is_loopback() && l.ip().is_loopback())
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,10 +7,13 @@ use std::os::unix::process::CommandExt;
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::Pid;
 
+use std::process::Command;
+
 use super::Options;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::launch::Target;
 use crate::launch::exec::spawn_error;
+use crate::launch::listen::{Image, Listeners};
 use crate::manifest::plan::Plan;
 use crate::resolve::ResolvedVar;
 
@@ -21,6 +24,17 @@ pub struct Spawned {
     pub holds_terminal: bool,
 }
 
+/// What a child gets besides its values.
+#[derive(Debug)]
+pub struct Extras<'a> {
+    /// The `listen` sockets, at 3, 4, … with LISTEN_FDS and LISTEN_PID.
+    pub listeners: &'a Listeners,
+    /// Its own `NOTIFY_SOCKET` (`ready.notify`).
+    pub notify_socket: Option<&'a str>,
+    /// secret-run's own `NOTIFY_SOCKET` is for secret-run: the child does not get it.
+    pub hide_manager: bool,
+}
+
 /// Starts a child with `values`. It dies with secret-run (PR_SET_PDEATHSIG), so a SIGKILLed
 /// supervisor leaves no orphan holding secrets.
 pub fn spawn(
@@ -28,8 +42,18 @@ pub fn spawn(
     plan: &Plan,
     values: &[ResolvedVar],
     opts: Options,
+    extras: &Extras<'_>,
 ) -> Result<Spawned> {
     let mut cmd = super::super::child_command(target, &plan.env, values, &plan.consumed_env());
+    match extras.notify_socket {
+        Some(path) => {
+            cmd.env("NOTIFY_SOCKET", path);
+        }
+        None if extras.hide_manager => {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
+        None => {}
+    }
     if opts.process_group {
         cmd.process_group(0);
     }
@@ -65,6 +89,9 @@ pub fn spawn(
             Ok(())
         });
     }
+    if !extras.listeners.is_empty() {
+        pass_sockets(&mut cmd, target, extras.listeners)?;
+    }
     let child = cmd.spawn().map_err(|e| spawn_error(target, &e))?;
     // The command holds a copy of the environment, values included: let it go now.
     drop(cmd);
@@ -76,6 +103,35 @@ pub fn spawn(
         pid,
         holds_terminal,
     })
+}
+
+/// The `listen` sockets go to the child at 3, 4, …, with `LISTEN_PID` set to its own PID: the
+/// child executes itself from a layout made before the fork ([`Image`]), once the sockets are
+/// in place. Runs after the other `pre_exec` work (closures run in order).
+fn pass_sockets(cmd: &mut Command, target: &Target, listeners: &Listeners) -> Result<()> {
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        cmd.env_remove(var);
+    }
+    let staged = listeners.staged()?;
+    let arg0 = target
+        .argv
+        .first()
+        .map_or_else(|| target.path.as_os_str(), |a| a.as_os_str());
+    let mut image = Image::of(cmd, arg0, &listeners.env()).ok_or_else(|| Error::CannotExecute {
+        path: target.path.clone(),
+        reason: "its path, an argument or a variable contains a NUL byte".into(),
+    })?;
+    // SAFETY: as for the first closure: after fork, only system calls (dup2, getpid, execve)
+    // on memory laid out before the fork; the PID is written into a buffer that exists
+    // already, digit by digit. `last_os_error` is stored inline; nothing is allocated.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            staged.install()?;
+            Err(image.exec())
+        });
+    }
+    Ok(())
 }
 
 /// The process or, with `--process-group`, the whole group a signal for `pid` goes to.

@@ -12,6 +12,7 @@
 //! both are in the terminal's foreground process group.
 
 mod child;
+mod notify;
 mod policy;
 mod ready;
 mod signals;
@@ -24,11 +25,13 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use self::notify::{ChildSocket, Manager, Message};
 use self::policy::{Action, Input, Policy};
 use self::signals::Notice;
 pub use self::signals::Signals;
 use super::Target;
 use super::exit::code_of;
+use super::listen::Listeners;
 use crate::audit::Audit;
 use crate::error::{Error, Result};
 use crate::manifest::plan::Plan;
@@ -57,6 +60,14 @@ type Work<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub struct Supervisor<'a> {
     plan: &'a Plan,
     target: &'a Target,
+    listeners: &'a Listeners,
+    /// secret-run's own service manager (`NOTIFY_SOCKET`), when it has one.
+    manager: Option<Manager>,
+    /// What the children's notify sockets receive (`ready.notify`).
+    messages: tokio::sync::mpsc::UnboundedReceiver<Message>,
+    message_tx: tokio::sync::mpsc::UnboundedSender<Message>,
+    /// The reader of each live child's notify socket.
+    readers: std::collections::HashMap<Pid, tokio::task::JoinHandle<()>>,
     timeout: Duration,
     opts: Options,
     audit: Audit,
@@ -87,6 +98,7 @@ impl<'a> Supervisor<'a> {
     pub fn new(
         plan: &'a Plan,
         target: &'a Target,
+        listeners: &'a Listeners,
         start: Start,
         timeout: Duration,
         opts: Options,
@@ -98,16 +110,24 @@ impl<'a> Supervisor<'a> {
         }
         let mut audit = start.audit;
         audit.in_background();
+        let manager = Manager::from_env();
         let policy = Policy::new(
             plan.run.clone(),
             start.values,
             start.reload_asked,
             std::time::Instant::now(),
             splay,
+            manager.is_some(),
         );
+        let (message_tx, messages) = tokio::sync::mpsc::unbounded_channel();
         Ok(Supervisor {
             plan,
             target,
+            listeners,
+            manager,
+            messages,
+            message_tx,
+            readers: std::collections::HashMap::new(),
             timeout,
             opts,
             audit,
@@ -122,9 +142,8 @@ impl<'a> Supervisor<'a> {
 
     pub async fn run(mut self) -> Result<u8> {
         // The first child's failure to start is the run's error (126, 127), as with --exec.
-        let first = child::spawn(self.target, self.plan, self.policy.values(), self.opts)?;
-        self.holds_terminal = first.holds_terminal;
-        self.feed(Input::Spawned(first.pid));
+        let first = self.spawn()?;
+        self.feed(Input::Spawned(first));
         loop {
             if let Some(code) = self.policy.exit_code() {
                 return Ok(code);
@@ -138,6 +157,7 @@ impl<'a> Supervisor<'a> {
                     Notice::Signal(sig) => self.feed(Input::Signal(sig)),
                     Notice::ChildChanged => self.reap(),
                 },
+                Some(message) = self.messages.recv() => self.notified(message),
                 () = sleep_until_opt(deadline) => self.feed(Input::Tick),
                 resolution = next_of(&mut self.resolving) => {
                     self.resolving = None;
@@ -172,20 +192,15 @@ impl<'a> Supervisor<'a> {
 
     fn act(&mut self, action: Action) -> Option<Input> {
         match action {
-            Action::Spawn => {
-                match child::spawn(self.target, self.plan, self.policy.values(), self.opts) {
-                    Ok(spawned) => {
-                        self.holds_terminal = spawned.holds_terminal;
-                        return Some(Input::Spawned(spawned.pid));
-                    }
-                    Err(e) => {
-                        tracing::error!("cannot start the child: {e}");
-                        return Some(Input::SpawnFailed {
-                            code: e.exit_code(),
-                        });
-                    }
+            Action::Spawn => match self.spawn() {
+                Ok(pid) => return Some(Input::Spawned(pid)),
+                Err(e) => {
+                    tracing::error!("cannot start the child: {e}");
+                    return Some(Input::SpawnFailed {
+                        code: e.exit_code(),
+                    });
                 }
-            }
+            },
             Action::Forward { pid, signal } => {
                 if signal == Signal::SIGINT
                     && !self.opts.process_group
@@ -204,14 +219,68 @@ impl<'a> Supervisor<'a> {
             }
             Action::Probe(pid) => {
                 if let Some(ready) = &self.plan.run.ready {
-                    self.probing = Some((pid, Box::pin(ready::probe(ready))));
+                    self.probing = Some((pid, Box::pin(ready::probe(ready, pid))));
                 } else {
                     return Some(Input::Probed { pid, ready: true });
                 }
             }
             Action::Audit(event) => self.audit.record(event),
+            Action::Tell(what) => {
+                if let Some(manager) = &self.manager {
+                    manager.tell(&what);
+                }
+            }
         }
         None
+    }
+
+    /// Starts a child with the policy's values, the `listen` sockets and, with
+    /// `ready.notify`, a notify socket of its own.
+    fn spawn(&mut self) -> Result<Pid> {
+        let socket = if self.plan.run.ready.as_ref().is_some_and(|r| r.notify) {
+            Some(ChildSocket::bind()?)
+        } else {
+            None
+        };
+        let extras = child::Extras {
+            listeners: self.listeners,
+            notify_socket: socket.as_ref().map(|s| s.env.as_str()),
+            hide_manager: self.manager.is_some(),
+        };
+        let spawned = child::spawn(
+            self.target,
+            self.plan,
+            self.policy.values(),
+            self.opts,
+            &extras,
+        )?;
+        self.holds_terminal = spawned.holds_terminal;
+        if let Some(socket) = socket {
+            let reader = socket.listen(spawned.pid, self.message_tx.clone());
+            self.readers.insert(spawned.pid, reader);
+        }
+        Ok(spawned.pid)
+    }
+
+    /// A datagram on a child's notify socket: its `STATUS=` is logged, and `READY=1` counts
+    /// only from the child itself.
+    fn notified(&mut self, message: Message) {
+        if let Some(status) = notify::status(&message.text) {
+            tracing::info!(pid = message.child.as_raw(), "child status: {status}");
+        }
+        if !notify::says_ready(&message.text) {
+            return;
+        }
+        if message.sender == message.child {
+            tracing::debug!(pid = message.child.as_raw(), "READY=1 from the child");
+            self.feed(Input::Notified { pid: message.child });
+        } else {
+            tracing::warn!(
+                child = message.child.as_raw(),
+                sender = message.sender.as_raw(),
+                "READY=1 from a process that is not the child (a descendant?): ignored, as systemd's NotifyAccess=main does"
+            );
+        }
     }
 
     /// Collects every exit that is ours to collect. While the runtime has children of its own
@@ -246,6 +315,9 @@ impl<'a> Supervisor<'a> {
             }
         }
         for (pid, code) in ended {
+            if let Some(reader) = self.readers.remove(&pid) {
+                reader.abort();
+            }
             self.feed(Input::Exited { pid, code });
         }
         if let Some(pid) = stopped.filter(|p| self.policy.child() == Some(*p)) {

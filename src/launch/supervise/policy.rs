@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use secrecy::ExposeSecret;
 
+use super::notify::Tell;
 use crate::audit::{Event, Failure, ReloadOutcome, Trigger, VarRecord};
 use crate::manifest::run::{OnChange, Restart, RestartOnExit, RunConfig};
 use crate::resolve::{Resolution, ResolvedVar};
@@ -44,6 +45,8 @@ pub enum Input {
     Resolved(Resolution),
     /// The answer to `Action::Probe`.
     Probed { pid: Pid, ready: bool },
+    /// The child `pid` itself sent `READY=1` to its notify socket.
+    Notified { pid: Pid },
     /// Nothing but time: the deadline `next_deadline` gave has passed.
     Tick,
 }
@@ -68,12 +71,57 @@ pub enum Action {
     /// Ask once whether the new child is ready; answer with `Probed`.
     Probe(Pid),
     Audit(Event),
+    /// Tell secret-run's own service manager (only when it has one).
+    Tell(Tell),
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Child {
     pid: Pid,
     started: Instant,
+}
+
+/// Waiting for a child to be ready: by probes (`ready.tcp`, `ready.cmd`) or by its own
+/// `READY=1` (`ready.notify`), until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    pid: Pid,
+    until: Instant,
+    /// When to probe next; `None` while a probe runs, and always with `notify`.
+    next_probe: Option<Instant>,
+    probing: bool,
+}
+
+/// What became of a readiness wait at `now`.
+enum Verdict {
+    Waiting,
+    Probe(Pid),
+    TimedOut(Pid),
+}
+
+impl Readiness {
+    fn due(&self) -> Option<Instant> {
+        if self.probing {
+            None
+        } else {
+            Some(self.next_probe.map_or(self.until, |p| p.min(self.until)))
+        }
+    }
+
+    fn check(&mut self, now: Instant) -> Verdict {
+        if self.probing {
+            return Verdict::Waiting;
+        }
+        if now >= self.until {
+            return Verdict::TimedOut(self.pid);
+        }
+        if self.next_probe.is_some_and(|p| p <= now) {
+            self.next_probe = None;
+            self.probing = true;
+            return Verdict::Probe(self.pid);
+        }
+        Verdict::Waiting
+    }
 }
 
 /// A child secret-run is stopping, and when it gets SIGKILL (`None` once sent).
@@ -101,9 +149,8 @@ enum Task {
         new: Option<Pid>,
         /// The old child's values, kept in case the new one is not taken.
         previous: Vec<ResolvedVar>,
-        until: Option<Instant>,
-        next_probe: Option<Instant>,
-        probing: bool,
+        /// How far the new child is from ready (once it runs).
+        readiness: Option<Readiness>,
     },
     /// The new child was ready and is the child now; the old one is being stopped.
     Retiring {
@@ -138,6 +185,14 @@ pub struct Policy {
     failures: u32,
     /// Spreads `watch` (±10% in the real supervisor; none in tests).
     splay: fn(Duration) -> Duration,
+    /// secret-run has a service manager to tell READY, RELOADING, STOPPING.
+    manager: bool,
+    /// The first child's readiness, awaited for the manager's READY.
+    first: Option<Readiness>,
+    /// RELOADING was told: READY follows when the reload is over.
+    reload_told: bool,
+    /// A child was started before (the next one is not the first).
+    ever_started: bool,
 }
 
 impl Policy {
@@ -150,6 +205,7 @@ impl Policy {
         reload_asked: bool,
         now: Instant,
         splay: fn(Duration) -> Duration,
+        manager: bool,
     ) -> Policy {
         let next_watch = run.watch.map(|d| now + splay(d));
         Policy {
@@ -169,6 +225,10 @@ impl Policy {
             next_watch,
             failures: 0,
             splay,
+            manager,
+            first: None,
+            reload_told: false,
+            ever_started: false,
         }
     }
 
@@ -214,14 +274,16 @@ impl Policy {
     pub fn next_deadline(&self) -> Option<Instant> {
         let kills = self.ending.iter().filter_map(|e| e.kill_at);
         let watch = self.next_watch.filter(|_| self.child.is_some());
-        let probe = match &self.task {
+        let trying = match &self.task {
             Task::Trying {
-                next_probe,
-                probing: false,
-                ..
-            } => *next_probe,
+                readiness: Some(r), ..
+            } => r.due(),
             _ => None,
         };
+        let probe = trying
+            .into_iter()
+            .chain(self.first.and_then(|f| f.due()))
+            .min();
         let idle = matches!(self.task, Task::Idle) && !self.stopping;
         let restart = self.restart_due.filter(|_| idle);
         let reload = (idle && self.pending.is_some() && self.child.is_some())
@@ -244,6 +306,7 @@ impl Policy {
             Input::SpawnFailed { code } => self.on_spawn_failed(code, now),
             Input::Resolved(resolution) => self.on_resolved(resolution, now, &mut out),
             Input::Probed { pid, ready } => self.on_probed(pid, ready, now, &mut out),
+            Input::Notified { pid } => self.on_ready(pid, now, &mut out),
             Input::Tick => {}
         }
         self.advance(now, &mut out);
@@ -267,9 +330,13 @@ impl Policy {
         if !stop {
             return;
         }
+        if self.manager && !self.stopping {
+            out.push(Action::Tell(Tell::Stopping));
+        }
         self.stopping = true;
         self.pending = None;
         self.restart_due = None;
+        self.first = None;
         // A child being tried out got the signal too: it is being stopped now.
         if let Task::Trying { new: Some(new), .. } = self.task {
             self.ending.push(Ending {
@@ -397,8 +464,7 @@ impl Policy {
             Task::Trying {
                 old,
                 new,
-                until,
-                next_probe,
+                readiness,
                 ..
             } => {
                 *new = Some(pid);
@@ -406,15 +472,34 @@ impl Policy {
                     old_pid: old.as_raw(),
                     pid: pid.as_raw(),
                 }));
-                match &self.run.ready {
-                    None => self.promote(pid, now, out),
-                    Some(ready) => {
-                        *until = Some(now + ready.timeout);
-                        *next_probe = Some(now);
+                *readiness = self.run.ready.as_ref().map(|r| Readiness {
+                    pid,
+                    until: now + r.timeout,
+                    next_probe: (!r.notify).then_some(now),
+                    probing: false,
+                });
+                if readiness.is_none() {
+                    self.promote(pid, now, out);
+                }
+            }
+            _ => {
+                let first = !self.ever_started;
+                self.ever_started = true;
+                self.child = Some(started);
+                if first && self.manager {
+                    match &self.run.ready {
+                        None => out.push(Action::Tell(Tell::Ready { pid: pid.as_raw() })),
+                        Some(r) => {
+                            self.first = Some(Readiness {
+                                pid,
+                                until: now + r.timeout,
+                                next_probe: (!r.notify).then_some(now),
+                                probing: false,
+                            });
+                        }
                     }
                 }
             }
-            _ => self.child = Some(started),
         }
     }
 
@@ -526,9 +611,7 @@ impl Policy {
                     old: child.pid,
                     new: None,
                     previous,
-                    until: None,
-                    next_probe: None,
-                    probing: false,
+                    readiness: None,
                 };
                 out.push(Action::Spawn);
             }
@@ -582,26 +665,34 @@ impl Policy {
     }
 
     fn on_probed(&mut self, pid: Pid, ready: bool, now: Instant, out: &mut Vec<Action>) {
-        let Task::Trying {
-            new: Some(new),
-            until,
-            next_probe,
-            probing,
-            ..
-        } = &mut self.task
-        else {
-            return;
-        };
-        if *new != pid {
+        if ready {
+            self.on_ready(pid, now, out);
             return;
         }
-        *probing = false;
-        if ready {
-            self.promote(pid, now, out);
-        } else if until.is_some_and(|u| now >= u) {
-            self.not_ready(pid, now, out);
-        } else {
-            *next_probe = Some(now + PROBE_PAUSE);
+        let waiting = match &mut self.task {
+            Task::Trying {
+                readiness: Some(r), ..
+            } if r.pid == pid => Some(r),
+            _ => self.first.as_mut().filter(|f| f.pid == pid),
+        };
+        if let Some(r) = waiting {
+            r.probing = false;
+            r.next_probe = Some(now + PROBE_PAUSE);
+        }
+    }
+
+    /// `pid` is ready (a probe said so, or its own `READY=1`).
+    fn on_ready(&mut self, pid: Pid, now: Instant, out: &mut Vec<Action>) {
+        if let Task::Trying { new: Some(new), .. } = self.task {
+            if new == pid {
+                self.promote(pid, now, out);
+                return;
+            }
+        }
+        if self.first.is_some_and(|f| f.pid == pid) {
+            self.first = None;
+            tracing::debug!(pid = pid.as_raw(), "the first child is ready");
+            out.push(Action::Tell(Tell::Ready { pid: pid.as_raw() }));
         }
     }
 
@@ -691,23 +782,38 @@ impl Policy {
                 self.next_watch = Some(now + (self.splay)(every));
             }
         }
-        if let Task::Trying {
-            new: Some(new),
-            until,
-            next_probe,
-            probing,
-            ..
-        } = &mut self.task
+        let trying = match &mut self.task {
+            Task::Trying {
+                readiness: Some(r), ..
+            } => r.check(now),
+            _ => Verdict::Waiting,
+        };
+        match trying {
+            Verdict::Waiting => {}
+            Verdict::Probe(pid) => out.push(Action::Probe(pid)),
+            Verdict::TimedOut(pid) => self.not_ready(pid, now, out),
+        }
+        match self
+            .first
+            .as_mut()
+            .map_or(Verdict::Waiting, |f| f.check(now))
         {
-            let new = *new;
-            if !*probing && next_probe.is_some_and(|at| at <= now) {
-                if until.is_some_and(|u| now >= u) {
-                    self.not_ready(new, now, out);
-                } else {
-                    *next_probe = None;
-                    *probing = true;
-                    out.push(Action::Probe(new));
-                }
+            Verdict::Waiting => {}
+            Verdict::Probe(pid) => out.push(Action::Probe(pid)),
+            Verdict::TimedOut(pid) => {
+                tracing::warn!(
+                    pid = pid.as_raw(),
+                    "the child did not become ready within ready.timeout; the service manager is not told READY"
+                );
+                self.first = None;
+            }
+        }
+        if self.reload_told && matches!(self.task, Task::Idle) {
+            self.reload_told = false;
+            if let Some(child) = self.child.filter(|_| !self.stopping) {
+                out.push(Action::Tell(Tell::Ready {
+                    pid: child.pid.as_raw(),
+                }));
             }
         }
         if !matches!(self.task, Task::Idle) || self.stopping || self.finished.is_some() {
@@ -725,6 +831,10 @@ impl Policy {
             if let Some(trigger) = self.pending.take() {
                 tracing::debug!(trigger = trigger.as_str(), "reloading");
                 self.task = Task::Reloading(trigger);
+                if self.manager {
+                    out.push(Action::Tell(Tell::Reloading));
+                    self.reload_told = true;
+                }
                 out.push(Action::Resolve);
             }
         }

@@ -64,7 +64,7 @@ impl Sim {
     fn new(run: RunConfig) -> Sim {
         let t0 = Instant::now();
         let mut sim = Sim {
-            policy: Policy::new(run, vec![var("v1")], false, t0, |d| d),
+            policy: Policy::new(run, vec![var("v1")], false, t0, |d| d, false),
             t0,
             now: t0,
             next_pid: 100,
@@ -283,6 +283,7 @@ fn overlap_keeps_the_old_child_when_the_new_one_is_not_ready() {
         r.ready = Some(Ready {
             tcp: Some("127.0.0.1:1".into()),
             cmd: None,
+            notify: false,
             timeout: Duration::from_secs(2),
         });
     });
@@ -334,6 +335,7 @@ fn overlap_takes_the_new_child_once_it_is_ready() {
         r.ready = Some(Ready {
             tcp: Some("127.0.0.1:1".into()),
             cmd: None,
+            notify: false,
             timeout: Duration::from_secs(30),
         });
     });
@@ -368,6 +370,7 @@ fn overlap_keeps_the_old_child_when_the_new_one_dies() {
         r.ready = Some(Ready {
             tcp: Some("127.0.0.1:1".into()),
             cmd: None,
+            notify: false,
             timeout: Duration::from_secs(30),
         });
     });
