@@ -11,6 +11,7 @@ mod hardening;
 mod kept;
 mod launch;
 mod layers;
+mod listen;
 mod local_backends;
 mod manifest_errors;
 #[cfg(feature = "aws")]
