@@ -23,7 +23,7 @@ token = os.environ["TOKEN"]
 def log(line):
     with open("events.log", "a") as f:
         f.write(f"{line}\n")
-log(f"start {os.getpid()} {token} listen_pid={os.environ.get('LISTEN_PID')} fds={os.environ.get('LISTEN_FDS')} notify={os.environ.get('NOTIFY_SOCKET')}")
+log(f"start {os.getpid()} {token} listen_pid={os.environ.get('LISTEN_PID')} fds={os.environ.get('LISTEN_FDS')} names={os.environ.get('LISTEN_FDNAMES')} notify={os.environ.get('NOTIFY_SOCKET')}")
 stop = False
 def term(*_):
     global stop
@@ -68,7 +68,7 @@ while not stop:
     with c:
         c.settimeout(5)
         try:
-            c.recv(16)
+            c.recv(256)
             c.sendall(token.encode() + b"\n")
         except OSError:
             pass
@@ -119,14 +119,18 @@ fn position(p: &Project, line: &str) -> Option<usize> {
     events(p).iter().position(|l| l == line)
 }
 
-/// Asks the service once; the value it serves.
+/// Asks the service once; the value it serves (the body, for an HTTP answer).
 fn ask(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.write_all(b"GET\n")?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.trim().to_owned())
+    let body = match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/") => body,
+        _ => &out,
+    };
+    Ok(body.trim().to_owned())
 }
 
 /// A client asking every 10 ms until stopped: how many were refused, failed, answered.
@@ -261,7 +265,7 @@ fn without_listen_the_same_restarts_refuse_connections() {
 fn overlap_with_notify_stops_the_old_child_only_after_the_new_one_says_ready() {
     let port = free_port();
     let p = project(&format!(
-        "on_change = \"overlap\"\nmin_restart_interval = \"100ms\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\nready = {{ notify = true, timeout = \"3s\" }}"
+        "on_change = \"overlap\"\nmin_restart_interval = \"100ms\"\nlisten = [{{ addr = \"tcp://127.0.0.1:{port}\", name = \"web\" }}]\nready = {{ notify = true, timeout = \"3s\" }}"
     ));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // The new child binds nothing and becomes ready a second after it starts.
@@ -280,6 +284,13 @@ fn overlap_with_notify_stops_the_old_child_only_after_the_new_one_says_ready() {
         position(&p, &format!("exit {old}")).is_some()
     });
     let new = pid_of_start(&p, "v1").unwrap();
+    assert!(
+        events(&p)
+            .iter()
+            .all(|l| !l.starts_with("start ") || l.contains(" fds=1 names=web ")),
+        "{:?}",
+        events(&p)
+    );
     let ready = position(&p, &format!("ready {new}")).unwrap();
     let term = position(&p, &format!("term {old}")).unwrap();
     assert!(
@@ -405,4 +416,179 @@ fn sockets_passed_by_systemd_are_used_instead_of_binding() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn gunicorn_serves_through_listen_and_is_rotated_under_load_with_nothing_refused() {
+    // A real server that speaks both protocols: it takes its sockets from LISTEN_FDS (only
+    // when LISTEN_PID is its own PID) and its arbiter says READY=1 once booted.
+    let gunicorn = crate::kept::venv_bin("gunicorn");
+    let port = free_port();
+    let p = project(&format!(
+        "on_change = \"overlap\"\nmin_restart_interval = \"100ms\"\nlisten = [{{ addr = \"tcp://127.0.0.1:{port}\", name = \"http\" }}]\nready = {{ notify = true, timeout = \"30s\" }}\nstop_timeout = \"10s\""
+    ));
+    p.write(
+        "app.py",
+        "import os\ndef app(environ, start_response):\n    body = os.environ['TOKEN'].encode()\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n    return [body]\n",
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let run = Supervised::start(
+        &p,
+        &[
+            "--",
+            gunicorn.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "5",
+            "app:app",
+        ],
+    );
+    wait_serving(addr, "v0");
+    let client = Client::start(addr);
+    for n in 1..=3 {
+        let value = format!("v{n}");
+        rotate(&p, &run, &value);
+        wait_serving(addr, &value);
+        // The hand-over is complete once the old arbiter is gone.
+        wait_until("one overlap per rotation", Duration::from_secs(20), || {
+            std::fs::read_to_string(p.path("audit.jsonl"))
+                .unwrap_or_default()
+                .matches("\"event\":\"overlap\"")
+                .count()
+                == n
+        });
+    }
+    let (refused, failed, answered, seen) = client.finish();
+    assert_eq!(refused, 0, "refused while gunicorn was rotated");
+    assert_eq!(failed, 0, "requests without an answer");
+    assert!(answered > 10, "{answered}");
+    assert_eq!(seen.last().map(String::as_str), Some("v3"), "{seen:?}");
+    run.stop_expecting(0);
+}
+
+#[test]
+fn bad_listen_settings_are_refused_before_anything_is_fetched() {
+    // A provider that leaves a mark: no mark, no fetch.
+    let manifest = |run: &str| {
+        format!(
+            "[backends.p]\nkind = \"command\"\nargv = [\"./provider\"]\n[secrets]\nTOKEN = {{ backend = \"p\", path = \"t\" }}\n[run]\n{run}\n"
+        )
+    };
+    let p = Project::with_manifest(&manifest("listen = [\"http://127.0.0.1:80\"]"));
+    crate::support::script(&p, "provider", "touch fetched; echo value");
+    p.run(&["--", "true"])
+        .code(78)
+        .stderr_has("secrets.toml:")
+        .stderr_has("starts with tcp:// or unix:");
+    p.write(
+        "secrets.toml",
+        &manifest("listen = [\"tcp://localhost:8080\"]"),
+    );
+    p.run(&["--", "true"])
+        .code(78)
+        .stderr_has("names are not resolved");
+
+    // In use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    p.write(
+        "secrets.toml",
+        &manifest(&format!("listen = [\"tcp://127.0.0.1:{port}\"]")),
+    );
+    p.run(&["--", "true"]).code(71).stderr_has(&format!(
+        "cannot listen on tcp://127.0.0.1:{port}: the address is in use"
+    ));
+    p.run(&["--exec", "--", "true"]).code(71);
+    // A socket in a directory that does not exist.
+    p.write(
+        "secrets.toml",
+        &manifest("listen = [\"unix:missing/dir/app.sock\"]"),
+    );
+    p.run(&["--", "true"])
+        .code(71)
+        .stderr_has("the socket's directory does not exist");
+    assert!(!p.path("fetched").exists(), "a secret was fetched");
+
+    // A probe that the old child would answer.
+    p.write(
+        "secrets.toml",
+        &manifest(&format!(
+            "on_change = \"overlap\"\nlisten = [\"tcp://0.0.0.0:{port}\"]\nready = {{ tcp = \"127.0.0.1:{port}\" }}"
+        )),
+    );
+    p.run(&["--", "true"])
+        .code(78)
+        .stderr_has("the old child would answer the probe for the new one");
+    // `notify` without `listen` is fine: the child binds its own port.
+    p.write(
+        "secrets.toml",
+        &manifest("on_change = \"overlap\"\nready = { notify = true }"),
+    );
+    p.run(&["--", "true"]).code(0);
+    // A file in the way of a unix socket is not removed.
+    p.write("in-the-way", "data");
+    p.write("secrets.toml", &manifest("listen = [\"unix:in-the-way\"]"));
+    p.run(&["--", "true"])
+        .code(71)
+        .stderr_has("is not a socket");
+    assert_eq!(
+        std::fs::read_to_string(p.path("in-the-way")).unwrap(),
+        "data"
+    );
+}
+
+#[test]
+fn a_unix_socket_gets_its_mode_and_is_removed_at_exit() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = project("listen = [{ addr = \"unix:app.sock\", mode = \"0660\" }]");
+    // A stale socket file from a run that was killed is replaced.
+    drop(std::os::unix::net::UnixListener::bind(p.path("app.sock")).unwrap());
+    let run = Supervised::start(&p, &["--", "python3", "service.py"]);
+    wait_until("the service", Duration::from_secs(10), || {
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(p.path("app.sock")) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.trim() == "v0"
+    });
+    let mode = std::fs::metadata(p.path("app.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    run.stop_expecting(0);
+    assert!(
+        !p.path("app.sock").exists(),
+        "the socket file was left behind"
+    );
+}
+
+#[test]
+fn a_readiness_program_is_told_which_child_to_ask() {
+    // Each child marks itself ready after half a second; the probe asks for the new child's
+    // mark by its PID, which only SECRET_RUN_CHILD_PID gives.
+    let p = project(
+        "on_change = \"overlap\"\nmin_restart_interval = \"100ms\"\nready = { cmd = [\"sh\", \"-c\", \"test -e ready.$SECRET_RUN_CHILD_PID\"], timeout = \"10s\" }",
+    );
+    crate::support::script(
+        &p,
+        "child",
+        "echo \"start $$ $TOKEN .\" >> events.log\nsleep 0.5\ntouch ready.$$\nexec sleep 100",
+    );
+    let run = Supervised::start(&p, &["--", "./child"]);
+    wait_until("the first child", Duration::from_secs(10), || {
+        pid_of_start(&p, "v0").is_some()
+    });
+    rotate(&p, &run, "v1");
+    wait_until("the hand-over", Duration::from_secs(15), || {
+        std::fs::read_to_string(p.path("audit.jsonl"))
+            .unwrap_or_default()
+            .contains("\"event\":\"overlap\"")
+    });
+    let audit = std::fs::read_to_string(p.path("audit.jsonl")).unwrap();
+    assert!(!audit.contains("overlap-failed"), "{audit}");
+    run.stop_expecting(143);
 }
