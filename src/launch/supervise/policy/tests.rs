@@ -580,3 +580,107 @@ fn a_clean_exit_ends_the_run_with_the_childs_code() {
         );
     }
 }
+
+fn notify_run(on_change: OnChange) -> RunConfig {
+    RunConfig {
+        on_change,
+        ready: Some(Ready {
+            tcp: None,
+            cmd: None,
+            notify: true,
+            timeout: Duration::from_secs(5),
+        }),
+        ..RunConfig::default()
+    }
+}
+
+#[test]
+fn with_notify_the_new_child_is_taken_on_its_own_ready_and_never_probed() {
+    let mut sim = Sim::new(notify_run(OnChange::Overlap));
+    sim.feed(Input::Signal(SIGHUP));
+    let out = sim.feed(Input::Resolved(found("v2")));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Probe(_))),
+        "{out:?}"
+    );
+    let out = sim.at(4.0);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Probe(_))),
+        "{out:?}"
+    );
+    // READY=1 from the old child means nothing for the new one.
+    assert!(sent(&sim.feed(Input::Notified { pid: pid(100) })).is_empty());
+    let out = sim.feed(Input::Notified { pid: pid(101) });
+    assert_eq!(sent(&out), vec![(100, SIGTERM)]);
+    assert_eq!(sim.policy.child(), Some(pid(101)));
+}
+
+#[test]
+fn with_notify_a_silent_new_child_is_stopped_at_the_timeout() {
+    let mut sim = Sim::new(notify_run(OnChange::Overlap));
+    sim.feed(Input::Signal(SIGHUP));
+    sim.feed(Input::Resolved(found("v2")));
+    assert!(sent(&sim.at(4.9)).is_empty());
+    assert_eq!(sent(&sim.at(5.1)), vec![(101, SIGTERM)]);
+    assert_eq!(sim.value(), "v1");
+}
+
+fn tells(actions: &[Action]) -> Vec<&super::Tell> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Tell(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_service_manager_hears_ready_reloading_ready_and_stopping() {
+    use super::Tell;
+    for (ready, first_ready_at_once) in [(None, true), (Some(true), false), (Some(false), false)] {
+        let mut run = RunConfig::default();
+        run.ready = ready.map(|notify| Ready {
+            tcp: (!notify).then(|| "127.0.0.1:1".to_owned()),
+            cmd: None,
+            notify,
+            timeout: Duration::from_secs(5),
+        });
+        let t0 = Instant::now();
+        let mut policy = Policy::new(run, vec![var("v1")], false, t0, |d| d, true);
+        let out = policy.handle(Input::Spawned(pid(100)), t0);
+        let what = format!("{ready:?}: {out:?}");
+        assert_eq!(
+            tells(&out) == [&Tell::Ready { pid: 100 }],
+            first_ready_at_once,
+            "{what}"
+        );
+        match ready {
+            Some(true) => {
+                let out = policy.handle(Input::Notified { pid: pid(100) }, t0);
+                assert_eq!(tells(&out), [&Tell::Ready { pid: 100 }], "{what}");
+            }
+            Some(false) => {
+                assert!(out.contains(&Action::Probe(pid(100))), "{what}");
+                let out = policy.handle(
+                    Input::Probed {
+                        pid: pid(100),
+                        ready: true,
+                    },
+                    t0,
+                );
+                assert_eq!(tells(&out), [&Tell::Ready { pid: 100 }], "{what}");
+            }
+            None => {}
+        }
+        let out = policy.handle(Input::Signal(SIGHUP), t0);
+        assert_eq!(tells(&out), [&Tell::Reloading], "{what}");
+        let out = policy.handle(Input::Resolved(found("v1")), t0);
+        assert_eq!(tells(&out), [&Tell::Ready { pid: 100 }], "{what}");
+        let out = policy.handle(Input::Signal(SIGTERM), t0);
+        assert_eq!(tells(&out), [&Tell::Stopping], "{what}");
+    }
+    // Without a manager, nothing is told.
+    let mut sim = Sim::new(RunConfig::default());
+    assert!(tells(&sim.feed(Input::Signal(SIGHUP))).is_empty());
+}
