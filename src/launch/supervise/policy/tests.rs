@@ -639,13 +639,15 @@ fn tells(actions: &[Action]) -> Vec<&super::Tell> {
 fn the_service_manager_hears_ready_reloading_ready_and_stopping() {
     use super::Tell;
     for (ready, first_ready_at_once) in [(None, true), (Some(true), false), (Some(false), false)] {
-        let mut run = RunConfig::default();
-        run.ready = ready.map(|notify| Ready {
-            tcp: (!notify).then(|| "127.0.0.1:1".to_owned()),
-            cmd: None,
-            notify,
-            timeout: Duration::from_secs(5),
-        });
+        let run = RunConfig {
+            ready: ready.map(|notify| Ready {
+                tcp: (!notify).then(|| "127.0.0.1:1".to_owned()),
+                cmd: None,
+                notify,
+                timeout: Duration::from_secs(5),
+            }),
+            ..RunConfig::default()
+        };
         let t0 = Instant::now();
         let mut policy = Policy::new(run, vec![var("v1")], false, t0, |d| d, true);
         let out = policy.handle(Input::Spawned(pid(100)), t0);
