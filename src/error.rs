@@ -91,6 +91,10 @@ pub enum Error {
     #[error("{0}")]
     Init(String),
 
+    /// A file to deliver cannot be made from the values (a template, an absent optional value).
+    #[error("cannot render {}: {reason}", path.display())]
+    Deliver { path: PathBuf, reason: String },
+
     /// The audit log cannot be opened: nothing is started without the record the manifest asks for.
     #[error("cannot open the audit log {}: {source}; fix the path or its permissions in [audit]", path.display())]
     Audit {
@@ -143,6 +147,7 @@ impl Error {
                 }
             }
             Error::Resolve(f) => f.exit_code(),
+            Error::Deliver { .. } => code::SECRET_MISSING,
             Error::CommandNotFound { .. } => code::COMMAND_NOT_FOUND,
             Error::CannotExecute { .. } => code::CANNOT_EXECUTE,
             Error::AlreadyExists(_) | Error::Write { .. } | Error::Audit { .. } => {

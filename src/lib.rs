@@ -30,3 +30,4 @@ pub mod output;
 pub mod protect;
 pub mod resolve;
 pub mod secret;
+pub mod template;

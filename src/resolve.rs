@@ -133,7 +133,80 @@ impl<'p> Round<'p> {
             elapsed_us = self.started.elapsed().as_micros() as u64,
             "resolve finished"
         );
-        assemble(self.plan, results, &self.names, self.timeout)
+        let mut resolution = assemble(self.plan, results, &self.names, self.timeout);
+        compose(self.plan, &mut resolution);
+        resolution
+    }
+}
+
+/// Renders the composed values (`template = "…"`), in the plan's order, from the values just
+/// resolved; an `as_file` entry gives its file's path. A template whose input did not resolve
+/// fails with that input's kind (an outage stays an outage).
+fn compose(plan: &Plan, resolution: &mut Resolution) {
+    use secrecy::ExposeSecret;
+    use secrecy::zeroize::Zeroizing;
+    if plan.templates.is_empty() {
+        return;
+    }
+    let mut context: BTreeMap<String, Zeroizing<String>> = BTreeMap::new();
+    let mut failed: HashMap<String, ErrorKind> = HashMap::new();
+    for v in &resolution.vars {
+        let as_file = plan
+            .vars
+            .iter()
+            .any(|p| p.name == v.name && p.as_file.is_some());
+        match &v.outcome {
+            Outcome::Value(value) | Outcome::Default(value) => {
+                let shown = if as_file {
+                    plan.file_of(&v.name).display().to_string()
+                } else {
+                    value.expose_secret().to_owned()
+                };
+                context.insert(v.name.to_string(), Zeroizing::new(shown));
+            }
+            Outcome::Failed(e) => {
+                failed.insert(v.name.to_string(), e.kind);
+            }
+            Outcome::Absent => {}
+        }
+    }
+    for t in &plan.templates {
+        let uses = crate::template::names(&t.text).unwrap_or_default();
+        let broken = uses.iter().find_map(|n| failed.get(n).map(|k| (n, *k)));
+        let outcome = match broken {
+            Some((input, kind)) => Outcome::Failed(SecretError::new(
+                kind,
+                format!("the template uses `{input}`, which did not resolve"),
+            )),
+            None => match crate::template::render(&t.text, &context) {
+                Ok(text) => {
+                    let value = SecretString::from(text.as_str());
+                    match secret::check_env_value(&t.name, &value) {
+                        Ok(()) => {
+                            context.insert(t.name.to_string(), text);
+                            Outcome::Value(value)
+                        }
+                        Err(e) => Outcome::Failed(e),
+                    }
+                }
+                Err(e) => Outcome::Failed(SecretError::invalid(format!(
+                    "the template{}: {}",
+                    e.line.map(|l| format!(" (line {l})")).unwrap_or_default(),
+                    e.message
+                ))),
+            },
+        };
+        if let Outcome::Failed(e) = &outcome {
+            failed.insert(t.name.to_string(), e.kind);
+        }
+        resolution.vars.push(ResolvedVar {
+            name: t.name.clone(),
+            backend: "template".into(),
+            path: String::new(),
+            version: None,
+            about: None,
+            outcome,
+        });
     }
 }
 
@@ -447,7 +520,12 @@ fn finish(v: &PlannedVar, fetched: &Result<Fetched, SecretError>) -> (Outcome, M
         }
         Err(e) => (Err(e.clone()), Meta::default()),
     };
-    let outcome = match value.and_then(|val| secret::check_env_value(&v.name, &val).map(|()| val)) {
+    // A value delivered as a file is not bound by an environment string's limits.
+    let checked = value.and_then(|val| match v.as_file {
+        Some(_) => Ok(val),
+        None => secret::check_env_value(&v.name, &val).map(|()| val),
+    });
+    let outcome = match checked {
         Ok(val) => Outcome::Value(val),
         Err(e) if e.kind == ErrorKind::NotFound && v.optional => match &v.default {
             Some(d) => Outcome::Default(d.clone()),

@@ -421,7 +421,7 @@ pub fn check_env_value(name: &EnvName, value: &SecretString) -> Result<(), Secre
     let size = name.as_str().len() + 1 + text.len() + 1;
     if size > MAX_ENV_STRING {
         return Err(SecretError::invalid(format!(
-            "the value is {} bytes; Linux limits one environment string to {MAX_ENV_STRING} bytes",
+            "the value is {} bytes, larger than the {MAX_ENV_STRING} bytes an environment value can hold (Linux limits one environment string to {MAX_ENV_STRING} bytes); deliver it as a file with `as_file = true`",
             text.len()
         )));
     }

@@ -8,6 +8,12 @@ use crate::error::Result;
 use crate::interrupt::Interrupts;
 use crate::resolve::{self, Outcome};
 
+struct FileRow {
+    path: String,
+    bytes: Option<usize>,
+    problem: Option<String>,
+}
+
 struct Row {
     name: String,
     backend: String,
@@ -17,6 +23,7 @@ struct Row {
     version: Option<String>,
     about: Option<String>,
     optional: bool,
+    as_file: bool,
     status: &'static str,
     detail: Option<String>,
 }
@@ -24,11 +31,11 @@ struct Row {
 pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
     let plan = load_plan(global)?;
     let resolution = resolve::resolve_blocking(&plan, global.timeout, interrupts)?;
-    let rows: Vec<Row> = plan
+    let rows: Vec<Row> = resolution
         .vars
         .iter()
-        .zip(&resolution.vars)
-        .map(|(p, r)| {
+        .map(|r| {
+            let p = plan.vars.iter().find(|p| p.name == r.name);
             let (status, detail) = match &r.outcome {
                 Outcome::Value(_) => ("ok", None),
                 Outcome::Default(_) => (
@@ -43,24 +50,55 @@ pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
                 backend: r.backend.clone(),
                 kind: plan.backends.get(&r.backend).map_or("", |b| b.kind),
                 path: r.path.clone(),
-                key: p.key.as_ref().map(ToString::to_string),
-                version: r.version.clone().or_else(|| p.version.clone()),
+                key: p.and_then(|p| p.key.as_ref()).map(ToString::to_string),
+                version: r
+                    .version
+                    .clone()
+                    .or_else(|| p.and_then(|p| p.version.clone())),
                 about: r.about.clone(),
-                optional: p.optional,
+                optional: p.is_some_and(|p| p.optional),
+                as_file: p.is_some_and(|p| p.as_file.is_some()),
                 status,
                 detail,
             }
         })
         .collect();
-    let code = match resolution.into_complete() {
+    // Every file rendered, nothing written: sizes and problems only.
+    let files = crate::launch::files::Files::prepare(&plan).map(|f| f.render_all(&resolution.vars));
+    let files: Vec<FileRow> = match files {
+        Ok(list) => list
+            .into_iter()
+            .map(|(path, r)| match r {
+                Ok(bytes) => FileRow {
+                    path: path.display().to_string(),
+                    bytes: Some(bytes),
+                    problem: None,
+                },
+                Err(problem) => FileRow {
+                    path: path.display().to_string(),
+                    bytes: None,
+                    problem: Some(problem),
+                },
+            })
+            .collect(),
+        Err(e) => vec![FileRow {
+            path: String::new(),
+            bytes: None,
+            problem: Some(e.to_string()),
+        }],
+    };
+    let mut code = match resolution.into_complete() {
         Ok(_) => 0,
         Err(failure) => failure.exit_code(),
     };
+    if code == 0 && files.iter().any(|f| f.problem.is_some()) {
+        code = crate::code::SECRET_MISSING;
+    }
     let out = if json {
-        render_json(global, &rows, code)
+        render_json(global, &rows, &files, code)
     } else {
         // JSON escapes control characters itself; the table is for a terminal.
-        crate::output::escape_controls(&render_table(&rows)).into_owned()
+        crate::output::escape_controls(&(render_table(&rows) + &render_files(&files))).into_owned()
     };
     write_stdout(out.as_bytes())?;
     if code != 0 && !json {
@@ -116,7 +154,22 @@ fn render_table(rows: &[Row]) -> String {
     out
 }
 
-fn render_json(global: &Global, rows: &[Row], code: u8) -> String {
+fn render_files(files: &[FileRow]) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nFILE  STATUS\n");
+    for f in files {
+        match (&f.bytes, &f.problem) {
+            (Some(n), _) => out.push_str(&format!("{}  ok ({n} bytes)\n", f.path)),
+            (None, Some(p)) => out.push_str(&format!("{}  error: {p}\n", f.path)),
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+fn render_json(global: &Global, rows: &[Row], files: &[FileRow], code: u8) -> String {
     let secrets: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -129,6 +182,7 @@ fn render_json(global: &Global, rows: &[Row], code: u8) -> String {
                 "version": r.version,
                 "about": r.about,
                 "optional": r.optional,
+                "as_file": r.as_file,
                 "status": r.status,
                 "detail": r.detail,
             })
@@ -139,6 +193,10 @@ fn render_json(global: &Global, rows: &[Row], code: u8) -> String {
         "ok": code == 0,
         "exit_code": code,
         "secrets": secrets,
+        "files": files
+            .iter()
+            .map(|f| serde_json::json!({ "path": f.path, "bytes": f.bytes, "problem": f.problem }))
+            .collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     text.push('\n');

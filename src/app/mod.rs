@@ -82,6 +82,8 @@ fn launch_command(
     // Before any secret is fetched: an address in use costs nothing and reveals nothing. So
     // early that the sockets take descriptors 3, 4, … (see `listen`).
     let mut listeners = launch::listen::Listeners::open(&plan.run.listen)?;
+    // The same for a file target that cannot be written.
+    let mut files = launch::files::Files::prepare(&plan)?;
     // Opened only when the manifest asks for it: the common --exec path stays one file read.
     let mut audit = Audit::open(plan.audit.as_deref(), plan.name.as_deref())?;
     if let Some(interrupts) = interrupts {
@@ -90,7 +92,16 @@ fn launch_command(
         let vars = audited_start(resolution, &mut audit)?;
         // The command must not inherit blocked signals.
         drop(interrupts);
-        let mut cmd = launch::child_command(&target, &plan.env, &vars, &plan.consumed_env());
+        files.write(&vars)?;
+        // The command reads them after secret-run is gone.
+        files.keep();
+        let mut cmd = launch::child_command(
+            &target,
+            &plan.env,
+            &vars,
+            &plan.consumed_env(),
+            &files.env(),
+        );
         drop(vars);
         if !listeners.is_empty() {
             // The command keeps this PID: LISTEN_PID is known now, and nothing forks.
@@ -130,6 +141,7 @@ fn launch_command(
             .await
             .inspect_err(|e| audit_interrupted(e, &mut audit))?;
         let vars = audited_start(resolution, &mut audit)?;
+        files.write(&vars)?;
         let keepers: Vec<_> = plan
             .backends
             .values()
@@ -148,8 +160,15 @@ fn launch_command(
             signals,
             reload_asked,
         };
-        let supervisor =
-            supervise::Supervisor::new(&plan, &target, &listeners, start, global.timeout, opts)?;
+        let supervisor = supervise::Supervisor::new(
+            &plan,
+            &target,
+            &listeners,
+            files,
+            start,
+            global.timeout,
+            opts,
+        )?;
         let code = supervisor.run().await;
         keepers.iter().for_each(tokio::task::JoinHandle::abort);
         code

@@ -25,6 +25,7 @@ pub fn load_plan(global: &Global) -> Result<plan::Plan> {
     let opts = plan::PlanOptions {
         backend_override: global.backend.clone().filter(|b| !b.is_empty()),
         env_name: global.env_name.clone().filter(|e| !e.is_empty()),
+        deadline: Some(deadline(global)),
     };
     plan::build(manifest, &opts)
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::{Backend, Context, FetchResult, Fetched, Kind, LocalRead, Reader, Request, typed};
 use crate::error::Invalid;
 use crate::fsread;
-use crate::secret::{MAX_ENV_STRING, SecretError, strip_one_newline, value_from_bytes};
+use crate::secret::{SecretError, strip_one_newline, value_from_bytes};
 
 pub const KIND: Kind = Kind {
     name: "file",
@@ -102,25 +102,26 @@ impl FileBackend {
     fn read_one(&self, path: &str, deadline: Instant) -> Result<Fetched, SecretError> {
         check_relative(path).map_err(|e| SecretError::denied(e.0))?;
         let shown = self.dir.join(path);
-        // A value and its final newline (`\r\n`).
-        let limit = MAX_ENV_STRING + 2;
+        // A value and its final newline (`\r\n`). Larger than an environment string can be:
+        // an entry delivered `as_file` may be; the others are checked by the resolver.
+        let limit = MAX_FILE_VALUE + 2;
         let mut bytes =
             fsread::read_beneath(&self.dir, path, limit, deadline).map_err(|e| match e {
                 fsread::ReadError::TooLarge { .. } => too_large(&shown),
                 e => e.into_secret_error(&shown.display().to_string()),
             })?;
         let value = value_from_bytes(std::mem::take(&mut *bytes))?;
-        let value = strip_one_newline(value);
-        if secrecy::ExposeSecret::expose_secret(&value).len() > MAX_ENV_STRING {
-            return Err(too_large(&shown));
-        }
-        Ok(Fetched::new(value))
+        Ok(Fetched::new(strip_one_newline(value)))
     }
 }
 
+/// The largest secret file read: a certificate chain with its key is a few tens of KiB.
+const MAX_FILE_VALUE: usize = 1 << 20;
+
 fn too_large(shown: &Path) -> SecretError {
     SecretError::invalid(format!(
-        "{} is larger than the {MAX_ENV_STRING} bytes an environment value can hold",
-        shown.display()
+        "{} is larger than the {} MiB secret-run reads from a secret file",
+        shown.display(),
+        MAX_FILE_VALUE >> 20
     ))
 }

@@ -3,6 +3,7 @@
 
 pub mod exec;
 pub mod exit;
+pub mod files;
 pub mod listen;
 pub mod supervise;
 
@@ -101,12 +102,14 @@ fn not_on_path(program: &OsStr, shown: &str) -> Error {
 }
 
 /// The child's command: its environment is secret-run's (as `[env]` allows, without the removed
-/// variables and the backends' own credentials), plus the resolved secrets.
+/// variables and the backends' own credentials), plus the resolved secrets, and for those
+/// delivered as files (and `[files]` with `env`) the files' paths.
 pub fn child_command(
     target: &Target,
     policy: &EnvPolicy,
     vars: &[ResolvedVar],
     consumed: &[String],
+    paths: &std::collections::BTreeMap<String, String>,
 ) -> Command {
     let mut cmd = Command::new(&target.path);
     if let Some((arg0, args)) = target.argv.split_first() {
@@ -119,6 +122,13 @@ pub fn child_command(
         }
     }
     for var in vars {
+        // Delivered as a file: the variable holds the file's path.
+        if let Some(path) = paths.get(var.name.as_str()) {
+            if var.value().is_some() {
+                cmd.env(var.name.as_str(), path);
+            }
+            continue;
+        }
         match &var.outcome {
             Outcome::Value(v) | Outcome::Default(v) => {
                 cmd.env(var.name.as_str(), v.expose_secret());
@@ -128,6 +138,12 @@ pub fn child_command(
                 cmd.env_remove(var.name.as_str());
             }
             Outcome::Failed(_) => {}
+        }
+    }
+    // `[files]` tables' `env`: variables that only name a file.
+    for (name, path) in paths {
+        if !vars.iter().any(|v| v.name.as_str() == name) {
+            cmd.env(name, path);
         }
     }
     cmd

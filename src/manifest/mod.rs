@@ -5,6 +5,7 @@
 //! typed on its own, and whatever fails is collected with the line of its key. `plan.rs` then turns
 //! a valid manifest into what one run will do.
 
+pub mod deliver;
 pub mod plan;
 pub mod run;
 
@@ -33,6 +34,8 @@ pub struct Manifest {
     pub backends: Vec<BackendDecl>,
     /// Secrets in file order.
     pub secrets: Vec<Entry>,
+    /// `[files]` in file order.
+    pub files: Vec<FileDecl>,
     pub env: EnvPolicy,
     /// `[run]`: what a supervised run does on reload and exit.
     pub run: run::RunConfig,
@@ -91,7 +94,37 @@ pub struct Entry {
     pub optional: bool,
     /// Values in the manifest are not secret by design, but they join the resolved values, which are.
     pub default: Option<SecretString>,
+    /// The variable holds the path of a file with the value, not the value (`as_file = true`),
+    /// and the file's mode.
+    pub as_file: Option<u32>,
+    /// A value composed from other entries (`template = "…"`); no backend is read for it.
+    pub template: Option<String>,
 }
+
+/// One `[files."PATH"]` table.
+#[derive(Debug, Clone)]
+pub struct FileDecl {
+    /// As written: relative (inside the run's private directory) or absolute.
+    pub path: String,
+    pub offset: usize,
+    pub content: FileContent,
+    pub mode: u32,
+    /// A variable that gets the file's path.
+    pub env: Option<EnvName>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum FileContent {
+    /// A template file, relative to the manifest.
+    Template(PathBuf),
+    /// One entry's whole value.
+    Source(EnvName),
+}
+
+/// The mode of a delivered file unless the manifest says otherwise: the owner reads it.
+pub const FILE_MODE: u32 = 0o400;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inherit {
@@ -127,17 +160,103 @@ struct RawManifest {
     env: Option<Spanned<toml::Value>>,
     run: Option<Spanned<toml::Value>>,
     audit: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    files: BTreeMap<Spanned<String>, toml::Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry {
     backend: Option<String>,
-    path: String,
+    path: Option<String>,
     key: Option<String>,
     version: Option<toml::Value>,
     optional: Option<bool>,
     default: Option<String>,
+    as_file: Option<bool>,
+    mode: Option<String>,
+    template: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    template: Option<PathBuf>,
+    source: Option<String>,
+    mode: Option<String>,
+    env: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+}
+
+/// `"0400"`, `"640"`: an octal file mode.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("mode `{text}` is not an octal file mode such as \"0400\""))
+}
+
+fn parse_file(path: &str, value: toml::Value) -> Result<FileDecl, Vec<String>> {
+    let mut problems = Vec::new();
+    let raw: RawFile = value
+        .try_into()
+        .map_err(|e: toml::de::Error| vec![crate::error::toml_message(&e)])?;
+    let p = Path::new(path);
+    if path.is_empty() {
+        problems.push("the path cannot be empty".into());
+    } else if !p.is_absolute()
+        && p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        problems.push(
+            "a relative path is inside the run's private directory and cannot leave it with `..`; write an absolute path for a file elsewhere".into(),
+        );
+    }
+    let content = match (raw.template, raw.source) {
+        (Some(t), None) => Some(FileContent::Template(t)),
+        (None, Some(s)) => match EnvName::parse(&s) {
+            Ok(n) => Some(FileContent::Source(n)),
+            Err(e) => {
+                problems.push(format!("`source`: {e}"));
+                None
+            }
+        },
+        _ => {
+            problems.push(
+                "takes one of `template` (a template file) or `source` (an entry's name)".into(),
+            );
+            None
+        }
+    };
+    let mode = match raw.mode.as_deref().map(parse_mode) {
+        None => FILE_MODE,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            problems.push(e);
+            FILE_MODE
+        }
+    };
+    let env = match raw.env.as_deref().map(EnvName::parse) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            problems.push(format!("`env`: {e}"));
+            None
+        }
+    };
+    match content {
+        Some(content) if problems.is_empty() => Ok(FileDecl {
+            path: path.to_owned(),
+            offset: 0,
+            content,
+            mode,
+            env,
+            owner: raw.owner,
+            group: raw.group,
+        }),
+        _ => Err(problems),
+    }
 }
 
 #[derive(Deserialize)]
@@ -238,6 +357,24 @@ pub fn parse(source: Source) -> Result<Manifest> {
         }
     }
 
+    let mut files = Vec::new();
+    let mut raw_files: Vec<_> = raw.files.into_iter().collect();
+    raw_files.sort_by_key(|(k, _)| k.span().start);
+    for (path, value) in raw_files {
+        let offset = path.span().start;
+        let path = path.into_inner();
+        match parse_file(&path, value) {
+            Ok(mut file) => {
+                file.offset = offset;
+                files.push(file);
+            }
+            Err(msgs) => problems.extend(
+                msgs.into_iter()
+                    .map(|m| source.problem_at(Some(offset), format!("[files.\"{path}\"]: {m}"))),
+            ),
+        }
+    }
+
     let env = match raw.env {
         None => EnvPolicy::default(),
         Some(value) => {
@@ -304,6 +441,7 @@ pub fn parse(source: Source) -> Result<Manifest> {
         default_backend: raw.default_backend,
         backends,
         secrets,
+        files,
         env,
         run,
         audit,
@@ -362,11 +500,14 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
     let raw = match value {
         toml::Value::String(path) => Some(RawEntry {
             backend: None,
-            path,
+            path: Some(path),
             key: None,
             version: None,
             optional: None,
             default: None,
+            as_file: None,
+            mode: None,
+            template: None,
         }),
         toml::Value::Table(table) => match toml::Value::Table(table).try_into::<RawEntry>() {
             Ok(raw) => Some(raw),
@@ -386,9 +527,40 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
     let (Some(name), Some(raw)) = (env_name, raw) else {
         return Err(problems);
     };
-    if raw.path.trim().is_empty() {
+    if raw.template.is_some() {
+        let with = [
+            ("backend", raw.backend.is_some()),
+            ("path", raw.path.is_some()),
+            ("key", raw.key.is_some()),
+            ("version", raw.version.is_some()),
+            ("optional", raw.optional.is_some()),
+            ("default", raw.default.is_some()),
+            ("as_file", raw.as_file.is_some()),
+            ("mode", raw.mode.is_some()),
+        ];
+        for (field, set) in with {
+            if set {
+                problems.push(format!(
+                    "`template` composes the value from other entries: `{field}` has no meaning with it; remove one of them (a composed value goes to a file through [files])"
+                ));
+            }
+        }
+    } else if raw.path.as_deref().is_none_or(|p| p.trim().is_empty()) {
         problems.push("`path` cannot be empty".into());
     }
+    let as_file = match (raw.as_file, raw.mode.as_deref().map(parse_mode)) {
+        (Some(true), None) => Some(FILE_MODE),
+        (Some(true), Some(Ok(m))) => Some(m),
+        (_, Some(Err(e))) => {
+            problems.push(e);
+            None
+        }
+        (_, Some(Ok(_))) => {
+            problems.push("`mode` is the mode of the file of `as_file = true`".into());
+            None
+        }
+        _ => None,
+    };
     if raw.key.as_deref() == Some("") {
         problems.push("`key` cannot be empty; remove it to use the whole value".into());
     }
@@ -423,11 +595,13 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
         name,
         offset: 0,
         backend: raw.backend,
-        path: raw.path,
+        path: raw.path.unwrap_or_default(),
         key: raw.key.as_deref().map(Key::parse),
         version,
         optional: raw.optional.unwrap_or(false) || default.is_some(),
         default,
+        as_file,
+        template: raw.template,
     })
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 
+use super::deliver::{PlannedFile, PlannedTemplate, plan_files, plan_templates, private_dir};
 use super::{EnvPolicy, Manifest};
 use crate::backend::{Context, Handle, Spec};
 use crate::error::{ConfigErrors, Error, Result, did_you_mean};
@@ -21,6 +22,8 @@ pub struct PlanOptions {
     pub backend_override: Option<String>,
     /// `--env` / SECRET_RUN_ENV: the value of `{env}` in prefixes.
     pub env_name: Option<String>,
+    /// When reading the manifest's template files must give up (`None`: 30 s from now).
+    pub deadline: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -33,6 +36,8 @@ pub struct PlannedVar {
     pub version: Option<String>,
     pub optional: bool,
     pub default: Option<SecretString>,
+    /// Delivered as a file of this mode: the variable holds the file's path.
+    pub as_file: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -44,6 +49,24 @@ pub struct Plan {
     pub run: super::run::RunConfig,
     /// The audit log's path, relative paths resolved against the manifest's directory.
     pub audit: Option<std::path::PathBuf>,
+    /// Composed values, in the order they are rendered.
+    pub templates: Vec<PlannedTemplate>,
+    /// `[files]`.
+    pub files: Vec<PlannedFile>,
+    /// Where this run's private files go (created only when there are some).
+    pub private_dir: std::path::PathBuf,
+}
+
+impl Plan {
+    /// The path an `as_file` entry's variable holds.
+    pub fn file_of(&self, name: &EnvName) -> std::path::PathBuf {
+        self.private_dir.join(name.as_str())
+    }
+
+    /// Whether this run writes any file.
+    pub fn has_files(&self) -> bool {
+        !self.files.is_empty() || self.vars.iter().any(|v| v.as_file.is_some())
+    }
 }
 
 impl Plan {
@@ -113,8 +136,18 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
 
     let mut vars = Vec::new();
     let mut used: BTreeMap<String, Option<usize>> = BTreeMap::new();
+    let declared_names: std::collections::BTreeSet<String> = manifest
+        .secrets
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
+    let mut template_entries = Vec::new();
     for entry in manifest.secrets {
         let at = Some(entry.offset);
+        if let Some(text) = entry.template {
+            template_entries.push((entry.name, text, entry.offset));
+            continue;
+        }
         let backend = match (&entry.backend, &default) {
             (Some(b), _) => {
                 if !known.contains_key(b.as_str()) {
@@ -167,8 +200,20 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             version: entry.version,
             optional: entry.optional,
             default: entry.default,
+            as_file: entry.as_file,
         });
     }
+    let templates = plan_templates(src, template_entries, &declared_names, &mut problems);
+    let deadline = opts
+        .deadline
+        .unwrap_or_else(|| std::time::Instant::now() + std::time::Duration::from_secs(30));
+    let files = plan_files(
+        src,
+        manifest.files,
+        &declared_names,
+        deadline,
+        &mut problems,
+    );
     dedup_problems(&mut problems);
 
     for name in &manifest.env.remove {
@@ -213,6 +258,9 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
         env: manifest.env,
         run,
         audit,
+        templates,
+        files,
+        private_dir: private_dir(&src.path),
     })
 }
 

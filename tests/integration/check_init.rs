@@ -172,6 +172,7 @@ fn example_manifest_is_valid() {
         let opts = secret_run::manifest::plan::PlanOptions {
             backend_override: Some(name.to_owned()),
             env_name: Some("prod".into()),
+            ..Default::default()
         };
         if let Err(e) = secret_run::manifest::plan::build(manifest, &opts) {
             panic!("with backend {name}: {e}");

@@ -33,6 +33,8 @@ pub struct Extras<'a> {
     pub notify_socket: Option<&'a str>,
     /// secret-run's own `NOTIFY_SOCKET` is for secret-run: the child does not get it.
     pub hide_manager: bool,
+    /// Variables that hold a delivered file's path.
+    pub paths: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// Starts a child with `values`. It dies with secret-run (PR_SET_PDEATHSIG), so a SIGKILLed
@@ -44,7 +46,13 @@ pub fn spawn(
     opts: Options,
     extras: &Extras<'_>,
 ) -> Result<Spawned> {
-    let mut cmd = super::super::child_command(target, &plan.env, values, &plan.consumed_env());
+    let mut cmd = super::super::child_command(
+        target,
+        &plan.env,
+        values,
+        &plan.consumed_env(),
+        extras.paths,
+    );
     match extras.notify_socket {
         Some(path) => {
             cmd.env("NOTIFY_SOCKET", path);

@@ -31,6 +31,7 @@ use self::signals::Notice;
 pub use self::signals::Signals;
 use super::Target;
 use super::exit::code_of;
+use super::files::Files;
 use super::listen::Listeners;
 use crate::audit::Audit;
 use crate::error::{Error, Result};
@@ -61,6 +62,10 @@ pub struct Supervisor<'a> {
     plan: &'a Plan,
     target: &'a Target,
     listeners: &'a Listeners,
+    /// Values delivered as files, rewritten when they change.
+    files: Files<'a>,
+    /// Variables that hold a file's path.
+    paths: std::collections::BTreeMap<String, String>,
     /// secret-run's own service manager (`NOTIFY_SOCKET`), when it has one.
     manager: Option<Manager>,
     /// What the children's notify sockets receive (`ready.notify`).
@@ -99,6 +104,7 @@ impl<'a> Supervisor<'a> {
         plan: &'a Plan,
         target: &'a Target,
         listeners: &'a Listeners,
+        files: Files<'a>,
         start: Start,
         timeout: Duration,
         opts: Options,
@@ -120,10 +126,13 @@ impl<'a> Supervisor<'a> {
             manager.is_some(),
         );
         let (message_tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let paths = files.env();
         Ok(Supervisor {
             plan,
             target,
             listeners,
+            files,
+            paths,
             manager,
             messages,
             message_tx,
@@ -225,6 +234,11 @@ impl<'a> Supervisor<'a> {
                 }
             }
             Action::Audit(event) => self.audit.record(event),
+            Action::WriteFiles => {
+                if let Err(e) = self.files.write(self.policy.values()) {
+                    tracing::error!("cannot rewrite the secret files: {e}");
+                }
+            }
             Action::Tell(what) => {
                 if let Some(manager) = &self.manager {
                     manager.tell(&what);
@@ -243,6 +257,7 @@ impl<'a> Supervisor<'a> {
             None
         };
         let extras = child::Extras {
+            paths: &self.paths,
             listeners: self.listeners,
             notify_socket: socket.as_ref().map(|s| s.env.as_str()),
             hide_manager: self.manager.is_some(),

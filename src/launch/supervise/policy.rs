@@ -73,6 +73,8 @@ pub enum Action {
     Audit(Event),
     /// Tell secret-run's own service manager (only when it has one).
     Tell(Tell),
+    /// Write the files delivered from `Policy::values` again (those whose content changed).
+    WriteFiles,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -303,7 +305,7 @@ impl Policy {
             Input::Signal(sig) => self.on_signal(sig, now, &mut out),
             Input::Exited { pid, code } => self.on_exit(pid, code, now, &mut out),
             Input::Spawned(pid) => self.on_spawned(pid, now, &mut out),
-            Input::SpawnFailed { code } => self.on_spawn_failed(code, now),
+            Input::SpawnFailed { code } => self.on_spawn_failed(code, now, &mut out),
             Input::Resolved(resolution) => self.on_resolved(resolution, now, &mut out),
             Input::Probed { pid, ready } => self.on_probed(pid, ready, now, &mut out),
             Input::Notified { pid } => self.on_ready(pid, now, &mut out),
@@ -373,6 +375,7 @@ impl Policy {
                     code,
                 }));
                 self.discard(new);
+                out.push(Action::WriteFiles);
                 self.end_task(now);
                 return;
             }
@@ -503,11 +506,12 @@ impl Policy {
         }
     }
 
-    fn on_spawn_failed(&mut self, code: u8, now: Instant) {
+    fn on_spawn_failed(&mut self, code: u8, now: Instant, out: &mut Vec<Action>) {
         match self.task {
             Task::Trying { old, .. } => {
                 tracing::error!("the new child cannot start; the old one keeps running");
                 self.discard(old);
+                out.push(Action::WriteFiles);
                 self.end_task(now);
             }
             _ => {
@@ -585,6 +589,9 @@ impl Policy {
             return;
         }
         tracing::info!(policy = ?self.run.on_change, "reload: applying new values");
+        // The files first: a child told to re-read them (on_change = "signal"), or started
+        // anew, finds the new content.
+        out.push(Action::WriteFiles);
         match self.run.on_change {
             OnChange::Restart => {
                 self.values = vars;
@@ -661,6 +668,7 @@ impl Policy {
                 }));
             }
         }
+        out.push(Action::WriteFiles);
         out.push(Action::Spawn);
     }
 
@@ -728,6 +736,8 @@ impl Policy {
         );
         self.stop(new, now, out);
         self.discard(new);
+        // The old child keeps its values, and its files their content.
+        out.push(Action::WriteFiles);
     }
 
     /// Sends the stop signal; SIGKILL follows after `stop_timeout`.
