@@ -25,6 +25,8 @@ pub struct TemplateError {
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // A file is rendered as written, its last line's newline included.
+    env.set_keep_trailing_newline(true);
     // Values are not HTML: nothing is escaped behind the user's back.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.add_filter("urlencode", |v: String| urlencode(&v));

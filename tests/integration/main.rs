@@ -7,6 +7,7 @@
 mod aws;
 mod check_init;
 mod exit_codes;
+mod files;
 mod hardening;
 mod kept;
 mod launch;
