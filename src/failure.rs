@@ -75,10 +75,16 @@ impl fmt::Display for ResolveFailure {
             )?;
         }
         for v in &self.vars {
+            // A composed value has no path: its backend says `template`.
+            let path = if v.path.is_empty() {
+                String::new()
+            } else {
+                format!(", path `{}`", v.path)
+            };
             write!(
                 f,
-                "\n  {} (backend `{}`, path `{}`): {}",
-                v.name, v.backend, v.path, v.error
+                "\n  {} (backend `{}`{path}): {}",
+                v.name, v.backend, v.error
             )?;
         }
         Ok(())

@@ -82,10 +82,24 @@ pub fn render(
         .iter()
         .map(|(k, v)| (k.as_str(), Value::from(v.as_str())))
         .collect();
-    template
-        .render(context)
-        .map(Zeroizing::new)
-        .map_err(|e| error(&e))
+    template.render(context).map(Zeroizing::new).map_err(|e| {
+        let mut err = error(&e);
+        if e.kind() == minijinja::ErrorKind::UndefinedError {
+            let absent: Vec<String> = template
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|n| !values.contains_key(n))
+                .map(|n| format!("`{n}`"))
+                .collect();
+            if !absent.is_empty() {
+                err.message = format!(
+                    "{} has no value (optional and absent); write e.g. `{{{{ NAME | default('') }}}}` for a value that may be absent",
+                    absent.join(", ")
+                );
+            }
+        }
+        err
+    })
 }
 
 #[cfg(test)]

@@ -132,8 +132,8 @@ impl<'a> Files<'a> {
                 Some(value) => Ok(Rendered {
                     path: path.clone(),
                     mode,
-                    owner: None,
-                    group: None,
+                    owner: v.owner,
+                    group: v.group,
                     bytes: Zeroizing::new(value.expose_secret().as_bytes().to_vec()),
                 }),
                 None => Err(format!("`{}` has no value (optional and absent)", v.name)),
@@ -195,12 +195,14 @@ impl<'a> Files<'a> {
         for (path, r) in self.render(vars) {
             rendered.push(r.map_err(|reason| Error::Deliver { path, reason })?);
         }
-        if !self.dir_made
-            && rendered
+        let private = |r: &Rendered| r.path.starts_with(&self.plan.private_dir);
+        if !self.dir_made && rendered.iter().any(private) {
+            // A file given to another owner must be reachable by it: the directory can then be
+            // passed through (0711), never listed.
+            let shared = rendered
                 .iter()
-                .any(|r| r.path.starts_with(&self.plan.private_dir))
-        {
-            make_private_dir(&self.plan.private_dir)?;
+                .any(|r| private(r) && (r.owner.is_some() || r.group.is_some()));
+            make_private_dir(&self.plan.private_dir, if shared { 0o711 } else { 0o700 })?;
             self.dir_made = true;
         }
         let mut changed = 0;
@@ -253,7 +255,7 @@ impl Drop for Files<'_> {
     }
 }
 
-fn make_private_dir(dir: &Path) -> Result<()> {
+fn make_private_dir(dir: &Path, mode: u32) -> Result<()> {
     let failed = |source| Error::Write {
         path: dir.to_path_buf(),
         source,
@@ -264,11 +266,20 @@ fn make_private_dir(dir: &Path) -> Result<()> {
             .mode(0o700)
             .create(base)
             .map_err(failed)?;
+        if mode != 0o700 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711))
+                .map_err(failed)?;
+        }
     }
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)
         .map_err(failed)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+    }
     if !on_memory_filesystem(dir) {
         tracing::warn!(
             dir = %dir.display(),

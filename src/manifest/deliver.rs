@@ -197,34 +197,12 @@ pub fn plan_files(
                 ));
             }
         }
-        let root = nix::unistd::geteuid().is_root();
-        let owner = match &f.owner {
-            None => None,
-            Some(_) if !root => {
-                problem("`owner` needs secret-run to run as root; remove it".into());
-                None
+        let (owner, group) = match ids(f.owner.as_deref(), f.group.as_deref()) {
+            Ok(ids) => ids,
+            Err(msgs) => {
+                msgs.into_iter().for_each(&mut problem);
+                (None, None)
             }
-            Some(o) => match nix::unistd::User::from_name(o) {
-                Ok(Some(u)) => Some(u.uid),
-                _ => {
-                    problem(format!("`owner = \"{o}\"`: no such user"));
-                    None
-                }
-            },
-        };
-        let group = match &f.group {
-            None => None,
-            Some(_) if !root => {
-                problem("`group` needs secret-run to run as root; remove it".into());
-                None
-            }
-            Some(g) => match nix::unistd::Group::from_name(g) {
-                Ok(Some(grp)) => Some(grp.gid),
-                _ => {
-                    problem(format!("`group = \"{g}\"`: no such group"));
-                    None
-                }
-            },
         };
         planned.push(PlannedFile {
             target,
@@ -237,6 +215,48 @@ pub fn plan_files(
         });
     }
     planned
+}
+
+/// A user and a group by name, for files written as root.
+pub fn ids(
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<(Option<nix::unistd::Uid>, Option<nix::unistd::Gid>), Vec<String>> {
+    let root = nix::unistd::geteuid().is_root();
+    let mut problems = Vec::new();
+    let owner = match owner {
+        None => None,
+        Some(_) if !root => {
+            problems.push("`owner` needs secret-run to run as root; remove it".into());
+            None
+        }
+        Some(o) => match nix::unistd::User::from_name(o) {
+            Ok(Some(u)) => Some(u.uid),
+            _ => {
+                problems.push(format!("`owner = \"{o}\"`: no such user"));
+                None
+            }
+        },
+    };
+    let group = match group {
+        None => None,
+        Some(_) if !root => {
+            problems.push("`group` needs secret-run to run as root; remove it".into());
+            None
+        }
+        Some(g) => match nix::unistd::Group::from_name(g) {
+            Ok(Some(grp)) => Some(grp.gid),
+            _ => {
+                problems.push(format!("`group = \"{g}\"`: no such group"));
+                None
+            }
+        },
+    };
+    if problems.is_empty() {
+        Ok((owner, group))
+    } else {
+        Err(problems)
+    }
 }
 
 fn read_template(file: &Path, deadline: std::time::Instant) -> Result<String, String> {

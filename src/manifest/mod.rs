@@ -97,6 +97,9 @@ pub struct Entry {
     /// The variable holds the path of a file with the value, not the value (`as_file = true`),
     /// and the file's mode.
     pub as_file: Option<u32>,
+    /// The file's owner and group (`as_file`, as root).
+    pub owner: Option<String>,
+    pub group: Option<String>,
     /// A value composed from other entries (`template = "…"`); no backend is read for it.
     pub template: Option<String>,
 }
@@ -175,6 +178,8 @@ struct RawEntry {
     default: Option<String>,
     as_file: Option<bool>,
     mode: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
     template: Option<String>,
 }
 
@@ -507,6 +512,8 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
             default: None,
             as_file: None,
             mode: None,
+            owner: None,
+            group: None,
             template: None,
         }),
         toml::Value::Table(table) => match toml::Value::Table(table).try_into::<RawEntry>() {
@@ -537,6 +544,8 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
             ("default", raw.default.is_some()),
             ("as_file", raw.as_file.is_some()),
             ("mode", raw.mode.is_some()),
+            ("owner", raw.owner.is_some()),
+            ("group", raw.group.is_some()),
         ];
         for (field, set) in with {
             if set {
@@ -561,6 +570,9 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
         }
         _ => None,
     };
+    if as_file.is_none() && (raw.owner.is_some() || raw.group.is_some()) {
+        problems.push("`owner` and `group` are for the file of `as_file = true`".into());
+    }
     if raw.key.as_deref() == Some("") {
         problems.push("`key` cannot be empty; remove it to use the whole value".into());
     }
@@ -601,6 +613,8 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
         optional: raw.optional.unwrap_or(false) || default.is_some(),
         default,
         as_file,
+        owner: raw.owner,
+        group: raw.group,
         template: raw.template,
     })
 }

@@ -38,6 +38,9 @@ pub struct PlannedVar {
     pub default: Option<SecretString>,
     /// Delivered as a file of this mode: the variable holds the file's path.
     pub as_file: Option<u32>,
+    /// The file's owner and group, when secret-run runs as root.
+    pub owner: Option<nix::unistd::Uid>,
+    pub group: Option<nix::unistd::Gid>,
 }
 
 #[derive(Debug)]
@@ -192,6 +195,16 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             problems.push(src.problem_at(at, format!("secret `{}`: {msg}", entry.name)));
         }
         used.insert(backend.clone(), decl_at);
+        let (owner, group) =
+            match super::deliver::ids(entry.owner.as_deref(), entry.group.as_deref()) {
+                Ok(ids) => ids,
+                Err(msgs) => {
+                    for m in msgs {
+                        problems.push(src.problem_at(at, format!("secret `{}`: {m}", entry.name)));
+                    }
+                    (None, None)
+                }
+            };
         vars.push(PlannedVar {
             name: entry.name,
             backend,
@@ -201,6 +214,8 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             optional: entry.optional,
             default: entry.default,
             as_file: entry.as_file,
+            owner,
+            group,
         });
     }
     let templates = plan_templates(src, template_entries, &declared_names, &mut problems);

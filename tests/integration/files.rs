@@ -573,3 +573,38 @@ fn psql_logs_into_postgresql_with_a_rendered_pgpassfile() {
     );
     r.code(0).stdout_has("42");
 }
+
+#[test]
+fn a_file_for_another_user_is_theirs_to_read_and_nobody_elses() {
+    if !nix::unistd::geteuid().is_root() {
+        // `owner` is for secret-run running as root; as anyone else it is refused (below).
+        let p = Project::with_manifest(
+            "[secrets]\nKEY = { path = \"key\", as_file = true, owner = \"nobody\" }\n",
+        );
+        p.write(".env", "KEY=k\n");
+        run_with_xdg(&p, &["--", "true"])
+            .code(78)
+            .stderr_has("needs secret-run to run as root");
+        return;
+    }
+    let p = Project::with_manifest(
+        "[secrets]\nKEY = { path = \"key\", as_file = true, owner = \"nobody\" }\nOTHER = { path = \"other\", as_file = true }\n",
+    );
+    p.write(".env", "KEY=for-nobody\nOTHER=for-root\n");
+    let as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups";
+    let script = format!(
+        "{as_nobody} cat \"$KEY\" > nobody.out; {as_nobody} cat \"$OTHER\" > other.out 2>&1; {as_nobody} ls \"$(dirname \"$KEY\")\" > list.out 2>&1; true"
+    );
+    run_with_xdg(&p, &["--", "sh", "-c", &script]).code(0);
+    assert_eq!(
+        std::fs::read_to_string(p.path("nobody.out")).unwrap(),
+        "for-nobody"
+    );
+    let other = std::fs::read_to_string(p.path("other.out")).unwrap();
+    assert!(other.contains("Permission denied"), "{other}");
+    let list = std::fs::read_to_string(p.path("list.out")).unwrap();
+    assert!(
+        list.contains("Permission denied"),
+        "the directory can be listed: {list}"
+    );
+}
