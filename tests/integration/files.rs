@@ -281,20 +281,32 @@ fn bad_files_and_templates_are_refused_and_nothing_is_written() {
         73,
         "does not exist",
     );
-    // An unwritable directory (as nobody when root, who writes anywhere).
-    if !nix::unistd::geteuid().is_root() {
-        let ro = p.path("ro");
-        std::fs::create_dir_all(&ro).unwrap();
-        crate::support::set_mode(&ro, 0o500);
-        refused(
-            &format!(
-                "[secrets]\nA = \"a\"\n[files.\"{}/x\"]\nsource = \"A\"\n",
-                ro.display()
-            ),
-            73,
-            "is not writable",
-        );
-    }
+    // An unwritable directory: as nobody when the tests run as root, who writes anywhere.
+    let ro = p.path("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    crate::support::set_mode(&ro, 0o555);
+    p.write(
+        "secrets.toml",
+        &format!(
+            "[secrets]\nA = \"a\"\n[files.\"{}/x\"]\nsource = \"A\"\n",
+            ro.display()
+        ),
+    );
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(crate::support::bin());
+        c
+    } else {
+        Command::new(crate::support::bin())
+    };
+    cmd.current_dir(p.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["--", "sh", "-c", "touch started"]);
+    let r = crate::support::Run::from(cmd.output().unwrap());
+    r.code(73).stderr_has("is not writable");
+    assert!(!ro.join("x").exists() && !p.path("started").exists());
 }
 
 #[cfg(feature = "vault")]
