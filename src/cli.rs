@@ -50,6 +50,12 @@ pub struct Cli {
     #[arg(long)]
     pub process_group: bool,
 
+    /// Replace every injected value in the command's output with [redacted:NAME]: `auto` (the
+    /// default of the flag) for streams that are not a terminal, `always`, or `never`.
+    /// Overrides `[run] redact`.
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "auto", value_enum)]
+    pub redact: Option<crate::manifest::run::Redact>,
+
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", num_args = 0..)]
     pub command: Vec<OsString>,
@@ -114,6 +120,19 @@ pub enum Sub {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+    /// Search files for any secret value (and its encodings): prints `path:line: NAME`, never a
+    /// value. Exits 1 when something is found, 0 when clean. Honours .gitignore.
+    Scan {
+        /// Files and directories to search (default: the current directory).
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Search what is staged in git (the index), for a pre-commit hook.
+        #[arg(long, conflicts_with = "paths")]
+        staged: bool,
+        /// Print a JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script.
     Completions {

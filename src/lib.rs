@@ -28,6 +28,7 @@ pub mod logging;
 pub mod manifest;
 pub mod output;
 pub mod protect;
+pub mod redact;
 pub mod resolve;
 pub mod secret;
 pub mod template;

@@ -3,6 +3,7 @@
 
 mod check;
 mod init;
+mod scan;
 mod setup;
 
 use clap::CommandFactory;
@@ -33,6 +34,14 @@ pub fn run(cli: Cli) -> Result<u8> {
             let interrupts = Interrupts::block()?;
             check::run(&cli.global, json, &interrupts)
         }
+        Some(Sub::Scan {
+            paths,
+            staged,
+            json,
+        }) => {
+            let interrupts = Interrupts::block()?;
+            scan::run(&cli.global, &paths, staged, json, &interrupts)
+        }
         Some(Sub::Init { from_dotenv, force }) => init::run(
             &cli.global.manifest,
             from_dotenv.as_deref(),
@@ -59,7 +68,7 @@ pub fn run(cli: Cli) -> Result<u8> {
                 subreaper: cli.subreaper,
                 process_group: cli.process_group,
             };
-            launch_command(&cli.global, cli.exec, opts, cli.command)
+            launch_command(&cli.global, cli.exec, cli.redact, opts, cli.command)
         }
     }
 }
@@ -67,6 +76,7 @@ pub fn run(cli: Cli) -> Result<u8> {
 fn launch_command(
     global: &Global,
     exec_mode: bool,
+    redact_mode: Option<crate::manifest::run::Redact>,
     opts: supervise::Options,
     command: Vec<std::ffi::OsString>,
 ) -> Result<u8> {
@@ -79,6 +89,12 @@ fn launch_command(
         None
     };
     let plan = load_plan(global)?;
+    let redact = redact_mode.unwrap_or(plan.run.redact);
+    if exec_mode && redact != crate::manifest::run::Redact::Never {
+        return Err(Error::Usage(
+            "redaction needs secret-run between the command and its output; --exec leaves nothing there: drop --exec, or set `redact = \"never\"`".into(),
+        ));
+    }
     // Before any secret is fetched: an address in use costs nothing and reveals nothing. So
     // early that the sockets take descriptors 3, 4, … (see `listen`).
     let mut listeners = launch::listen::Listeners::open(&plan.run.listen)?;
@@ -142,6 +158,7 @@ fn launch_command(
             .inspect_err(|e| audit_interrupted(e, &mut audit))?;
         let vars = audited_start(resolution, &mut audit)?;
         files.write(&vars)?;
+        let redirect = start_redaction(redact, &vars, &plan)?;
         let keepers: Vec<_> = plan
             .backends
             .values()
@@ -165,17 +182,56 @@ fn launch_command(
             &target,
             &listeners,
             files,
+            redirect.as_ref(),
             start,
             global.timeout,
             opts,
         )?;
         let code = supervisor.run().await;
         keepers.iter().for_each(tokio::task::JoinHandle::abort);
+        // The child's last output, redacted, before secret-run exits with its code.
+        if let Some(redirect) = redirect {
+            redirect.finish();
+        }
         code
     });
     // A local read stuck past the deadline must not hold the exit back.
     rt.shutdown_background();
     result
+}
+
+/// The redaction of the child's output: the values, a warning naming those too short to
+/// redact, GitHub Actions' masks, and the pumps.
+fn start_redaction(
+    mode: crate::manifest::run::Redact,
+    vars: &[resolve::ResolvedVar],
+    plan: &crate::manifest::plan::Plan,
+) -> Result<Option<launch::redirect::Redirect>> {
+    if mode == crate::manifest::run::Redact::Never {
+        return Ok(None);
+    }
+    let (redactor, short) = launch::redactor_of(vars, plan);
+    if !short.is_empty() {
+        tracing::warn!(
+            "not redacted, {} bytes or shorter (redact_min_length): {}",
+            plan.run.redact_min_length,
+            short.join(", ")
+        );
+    }
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        // The runner then hides them in every later step too, wrapped by secret-run or not.
+        let mut masks = Vec::new();
+        for pattern in redactor.patterns() {
+            for line in pattern.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                masks.extend_from_slice(b"::add-mask::");
+                masks.extend_from_slice(line);
+                masks.push(b'\n');
+            }
+        }
+        write_stdout(&masks)?;
+        secrecy::zeroize::Zeroize::zeroize(&mut masks);
+    }
+    launch::redirect::Redirect::start(mode, redactor)
 }
 
 /// Records a start abandoned to a signal.

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod exit;
 pub mod files;
 pub mod listen;
+pub mod redirect;
 pub mod supervise;
 
 use std::ffi::{OsStr, OsString};
@@ -160,4 +161,17 @@ fn inherits(policy: &EnvPolicy, consumed: &[String], name: &OsStr) -> bool {
         // Naming a credential here is how the manifest asks for it to be passed on.
         Inherit::Only(list) => list.iter().any(|k| *k == name),
     }
+}
+
+/// A redactor for every value of `vars` (delivered as files or not), and the names of those too
+/// short to redact.
+pub fn redactor_of(
+    vars: &[ResolvedVar],
+    plan: &crate::manifest::plan::Plan,
+) -> (crate::redact::Redactor, Vec<String>) {
+    crate::redact::Redactor::new(
+        vars.iter()
+            .filter_map(|v| v.value().map(|s| (v.name.as_str(), s.expose_secret()))),
+        plan.run.redact_min_length,
+    )
 }

@@ -93,6 +93,29 @@ pub struct RunConfig {
     /// Sockets secret-run binds once and hands to every child (systemd's `LISTEN_FDS`).
     #[serde(default, deserialize_with = "de_listen")]
     pub listen: Vec<Listen>,
+    /// Replace injected values in the child's output (`--redact` overrides it).
+    #[serde(default)]
+    pub redact: Redact,
+    /// Values this long or shorter are not redacted (they would hide ordinary words).
+    #[serde(default = "six")]
+    pub redact_min_length: usize,
+}
+
+/// Which of the child's output streams go through redaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Redact {
+    /// The child writes to secret-run's stdout and stderr directly.
+    #[default]
+    Never,
+    /// Streams that are not a terminal (pipes, files, CI logs); a terminal is left alone.
+    Auto,
+    /// Both streams, terminals included.
+    Always,
+}
+
+fn six() -> usize {
+    6
 }
 
 /// One socket of `listen`.
@@ -217,6 +240,8 @@ impl Default for RunConfig {
             ready: None,
             restart_on_exit: RestartOnExit::Never,
             listen: Vec::new(),
+            redact: Redact::Never,
+            redact_min_length: six(),
         }
     }
 }

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["backend"],
     &["manifest"],
     &["resolve"],
-    &["audit"],
+    &["audit", "redact"],
     &["launch"],
     &["cli"],
     &["app"],

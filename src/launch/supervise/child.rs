@@ -35,6 +35,8 @@ pub struct Extras<'a> {
     pub hide_manager: bool,
     /// Variables that hold a delivered file's path.
     pub paths: &'a std::collections::BTreeMap<String, String>,
+    /// The pipes of redacted output, when the run has them.
+    pub redirect: Option<&'a crate::launch::redirect::Redirect>,
 }
 
 /// Starts a child with `values`. It dies with secret-run (PR_SET_PDEATHSIG), so a SIGKILLed
@@ -53,6 +55,15 @@ pub fn spawn(
         &plan.consumed_env(),
         extras.paths,
     );
+    if let Some(redirect) = extras.redirect {
+        let (out, err) = redirect.for_child();
+        if let Some(out) = out {
+            cmd.stdout(out);
+        }
+        if let Some(err) = err {
+            cmd.stderr(err);
+        }
+    }
     match extras.notify_socket {
         Some(path) => {
             cmd.env("NOTIFY_SOCKET", path);

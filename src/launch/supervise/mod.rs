@@ -66,6 +66,8 @@ pub struct Supervisor<'a> {
     files: Files<'a>,
     /// Variables that hold a file's path.
     paths: std::collections::BTreeMap<String, String>,
+    /// The child's output through redaction, when asked for.
+    redirect: Option<&'a crate::launch::redirect::Redirect>,
     /// secret-run's own service manager (`NOTIFY_SOCKET`), when it has one.
     manager: Option<Manager>,
     /// What the children's notify sockets receive (`ready.notify`).
@@ -105,6 +107,7 @@ impl<'a> Supervisor<'a> {
         target: &'a Target,
         listeners: &'a Listeners,
         files: Files<'a>,
+        redirect: Option<&'a crate::launch::redirect::Redirect>,
         start: Start,
         timeout: Duration,
         opts: Options,
@@ -133,6 +136,7 @@ impl<'a> Supervisor<'a> {
             listeners,
             files,
             paths,
+            redirect,
             manager,
             messages,
             message_tx,
@@ -170,6 +174,10 @@ impl<'a> Supervisor<'a> {
                 () = sleep_until_opt(deadline) => self.feed(Input::Tick),
                 resolution = next_of(&mut self.resolving) => {
                     self.resolving = None;
+                    // New values are redacted from now on; the old ones still are.
+                    if let Some(redirect) = self.redirect {
+                        redirect.add(&crate::launch::redactor_of(&resolution.vars, self.plan).0);
+                    }
                     // Exits left for later while the resolve's own processes ran.
                     self.reap();
                     self.feed(Input::Resolved(resolution));
@@ -257,6 +265,7 @@ impl<'a> Supervisor<'a> {
             None
         };
         let extras = child::Extras {
+            redirect: self.redirect,
             paths: &self.paths,
             listeners: self.listeners,
             notify_socket: socket.as_ref().map(|s| s.env.as_str()),
