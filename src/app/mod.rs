@@ -177,16 +177,13 @@ fn launch_command(
             signals,
             reload_asked,
         };
-        let supervisor = supervise::Supervisor::new(
-            &plan,
-            &target,
-            &listeners,
+        let delivery = supervise::Delivery {
+            listeners: &listeners,
             files,
-            redirect.as_ref(),
-            start,
-            global.timeout,
-            opts,
-        )?;
+            redirect: redirect.as_ref(),
+        };
+        let supervisor =
+            supervise::Supervisor::new(&plan, &target, delivery, start, global.timeout, opts)?;
         let code = supervisor.run().await;
         keepers.iter().for_each(tokio::task::JoinHandle::abort);
         // The child's last output, redacted, before secret-run exits with its code.

@@ -46,6 +46,15 @@ pub struct Options {
     pub process_group: bool,
 }
 
+/// What a run gives each child besides its values: the `listen` sockets, the delivered files,
+/// and the pipes of redacted output.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    pub listeners: &'a Listeners,
+    pub files: Files<'a>,
+    pub redirect: Option<&'a crate::launch::redirect::Redirect>,
+}
+
 /// What the first resolve hands to the supervisor.
 #[derive(Debug)]
 pub struct Start {
@@ -105,9 +114,7 @@ impl<'a> Supervisor<'a> {
     pub fn new(
         plan: &'a Plan,
         target: &'a Target,
-        listeners: &'a Listeners,
-        files: Files<'a>,
-        redirect: Option<&'a crate::launch::redirect::Redirect>,
+        delivery: Delivery<'a>,
         start: Start,
         timeout: Duration,
         opts: Options,
@@ -129,6 +136,11 @@ impl<'a> Supervisor<'a> {
             manager.is_some(),
         );
         let (message_tx, messages) = tokio::sync::mpsc::unbounded_channel();
+        let Delivery {
+            listeners,
+            files,
+            redirect,
+        } = delivery;
         let paths = files.env();
         Ok(Supervisor {
             plan,
