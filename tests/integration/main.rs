@@ -20,6 +20,7 @@ mod moto;
 mod no_leak;
 #[cfg(feature = "vault")]
 mod openbao;
+mod redact;
 mod rotation;
 mod support;
 #[cfg(feature = "vault")]
