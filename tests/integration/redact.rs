@@ -170,8 +170,7 @@ fn a_terminal_is_left_alone_in_auto_and_redacted_in_always() {
     // On a real pseudo-terminal: the child's stdout is the terminal itself in `auto`.
     let p = project();
     let pty = |mode: &str| {
-        let program = format!(
-            r#"import os, pty, sys
+        let program = r#"import os, pty, sys
 pid, fd = pty.fork()
 if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
@@ -186,9 +185,8 @@ while True:
     out += chunk
 os.waitpid(pid, 0)
 sys.stdout.write(out.decode(errors="replace"))
-"#
-        );
-        p.write("on_terminal.py", &program);
+"#;
+        p.write("on_terminal.py", program);
         let out = Command::new("python3")
             .current_dir(p.dir.path())
             .env_clear()
