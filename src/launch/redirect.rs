@@ -145,10 +145,11 @@ fn run_pump(read: OwnedFd, to: OwnedFd, redactor: &RwLock<Arc<Redactor>>) {
             // Our own output is gone (a closed pipe): keep reading, so the child is not
             // blocked on a full pipe, but drop what it writes.
         }
-        secrecy::zeroize::Zeroize::zeroize(&mut out);
         out.clear();
-        secrecy::zeroize::Zeroize::zeroize(&mut buf[..n]);
     }
+    // The buffers held the child's output, values included: zeroed once, at the end (per
+    // chunk it would cost more than the redaction itself).
+    secrecy::zeroize::Zeroize::zeroize(&mut buf);
     if let Some(r) = current() {
         stream.finish(&r, &mut out);
         let _ = to.write_all(&out);
