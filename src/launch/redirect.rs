@@ -16,6 +16,9 @@ use crate::redact::{Redactor, Stream};
 /// the pipe).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
+/// The pipes' size, and what one read takes: 1 MiB, Linux's default `pipe-max-size`.
+const PIPE_SIZE: i32 = 1 << 20;
+
 #[derive(Debug)]
 pub struct Redirect {
     stdout: Option<OwnedFd>,
@@ -49,6 +52,9 @@ impl Redirect {
         let mut pump = |to: OwnedFd, name: &str| -> Result<OwnedFd> {
             let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(Error::os("create a pipe for the child's output"))?;
+            // A larger pipe: fewer wake-ups for a child that writes a lot. The system may
+            // refuse (fs.pipe-max-size); the default then serves.
+            let _ = nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
             let shared = Arc::clone(&redactor);
             let finished = finished.clone();
             let handle = std::thread::Builder::new()
@@ -129,8 +135,8 @@ fn run_pump(read: OwnedFd, to: OwnedFd, redactor: &RwLock<Arc<Redactor>>) {
     let mut from = std::fs::File::from(read);
     let mut to = std::fs::File::from(to);
     let mut stream = Stream::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(64 * 1024);
+    let mut buf = vec![0u8; PIPE_SIZE as usize];
+    let mut out = Vec::with_capacity(PIPE_SIZE as usize);
     let current = || redactor.read().map(|r| Arc::clone(&r)).ok();
     loop {
         let n = match from.read(&mut buf) {
