@@ -325,60 +325,40 @@ pub fn parse(source: Source) -> Result<Manifest> {
     };
     let mut problems = Vec::new();
 
-    let mut backends = Vec::new();
-    let mut raw_backends: Vec<_> = raw.backends.into_iter().collect();
-    raw_backends.sort_by_key(|(k, _)| k.span().start);
-    for (name, value) in raw_backends {
-        let offset = name.span().start;
-        let name = name.into_inner();
-        match parse_backend(&name, value) {
-            Ok((prefix, spec)) => backends.push(BackendDecl {
-                name,
-                offset,
-                prefix,
-                spec,
-            }),
-            Err(msg) => {
-                problems.push(source.problem_at(Some(offset), format!("[backends.{name}]: {msg}")))
-            }
-        }
-    }
+    let backends = in_file_order(raw.backends, &source, &mut problems, |name, value| {
+        parse_backend(name, value)
+            .map(|(prefix, spec)| (name.to_owned(), prefix, spec))
+            .map_err(|e| (format!("[backends.{name}]"), vec![e.to_string()]))
+    })
+    .into_iter()
+    .map(|((name, prefix, spec), offset)| BackendDecl {
+        name,
+        offset,
+        prefix,
+        spec,
+    })
+    .collect();
 
-    let mut secrets = Vec::new();
-    let mut raw_secrets: Vec<_> = raw.secrets.into_iter().collect();
-    raw_secrets.sort_by_key(|(k, _)| k.span().start);
-    for (name, value) in raw_secrets {
-        let offset = name.span().start;
-        let name = name.into_inner();
-        match parse_entry(&name, value) {
-            Ok(mut entry) => {
-                entry.offset = offset;
-                secrets.push(entry);
-            }
-            Err(msgs) => problems.extend(
-                msgs.into_iter()
-                    .map(|m| source.problem_at(Some(offset), format!("secret `{name}`: {m}"))),
-            ),
-        }
-    }
+    let secrets = in_file_order(raw.secrets, &source, &mut problems, |name, value| {
+        let label = format!("secret `{name}`");
+        parse_entry(name, value).map_err(|msgs| (label, msgs))
+    })
+    .into_iter()
+    .map(|(mut entry, offset)| {
+        entry.offset = offset;
+        entry
+    })
+    .collect();
 
-    let mut files = Vec::new();
-    let mut raw_files: Vec<_> = raw.files.into_iter().collect();
-    raw_files.sort_by_key(|(k, _)| k.span().start);
-    for (path, value) in raw_files {
-        let offset = path.span().start;
-        let path = path.into_inner();
-        match parse_file(&path, value) {
-            Ok(mut file) => {
-                file.offset = offset;
-                files.push(file);
-            }
-            Err(msgs) => problems.extend(
-                msgs.into_iter()
-                    .map(|m| source.problem_at(Some(offset), format!("[files.\"{path}\"]: {m}"))),
-            ),
-        }
-    }
+    let files = in_file_order(raw.files, &source, &mut problems, |path, value| {
+        parse_file(path, value).map_err(|msgs| (format!("[files.\"{path}\"]"), msgs))
+    })
+    .into_iter()
+    .map(|(mut file, offset)| {
+        file.offset = offset;
+        file
+    })
+    .collect();
 
     let env = match raw.env {
         None => EnvPolicy::default(),
@@ -451,6 +431,30 @@ pub fn parse(source: Source) -> Result<Manifest> {
         run,
         audit,
     })
+}
+
+/// Types each table of `tables` in the order the file has them, with its key's offset; every
+/// problem is located at its key, after the label the parser gives.
+fn in_file_order<T>(
+    tables: BTreeMap<Spanned<String>, toml::Value>,
+    source: &Source,
+    problems: &mut Vec<ConfigProblem>,
+    parse: impl Fn(&str, toml::Value) -> std::result::Result<T, (String, Vec<String>)>,
+) -> Vec<(T, usize)> {
+    let mut ordered: Vec<_> = tables.into_iter().collect();
+    ordered.sort_by_key(|(k, _)| k.span().start);
+    let mut out = Vec::new();
+    for (key, value) in ordered {
+        let offset = key.span().start;
+        match parse(key.get_ref(), value) {
+            Ok(t) => out.push((t, offset)),
+            Err((label, msgs)) => problems.extend(
+                msgs.into_iter()
+                    .map(|m| source.problem_at(Some(offset), format!("{label}: {m}"))),
+            ),
+        }
+    }
+    out
 }
 
 fn parse_backend(name: &str, value: toml::Value) -> Result<(Option<String>, Spec), Invalid> {
