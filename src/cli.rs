@@ -11,13 +11,16 @@ Examples:
   secret-run -- ./service --port 8080        resolve secrets.toml, run and supervise the service
   SECRET_BACKEND=dotenv secret-run -- make   the same manifest, values from .env (no server)
   secret-run --exec -- pytest                replace secret-run with the command (CI steps)
+  secret-run --redact -- pytest              values in the command's output shown as [redacted:NAME]
   secret-run check                           resolve all, one line per variable, no values
+  secret-run scan --staged                   no value in what is about to be committed
   secret-run init --from-dotenv .env         start a manifest from an existing .env
 
 Exit codes: the command's own code; 128+N when signal N killed it; 64 usage; 65 secret missing
-or unusable; 69 backend unavailable; 70 a bug; 71 the OS refused a thread, a pipe, a handler;
-73 cannot write (init, audit log); 74 cannot write stdout; 77 permission denied; 78 manifest
-invalid; 126 command not executable; 127 command not found.
+or unusable; 69 backend unavailable; 70 a bug; 71 the OS refused a thread, a pipe, a handler,
+a listen address; 73 cannot write (init, audit log, a file); 74 cannot write stdout; 77
+permission denied; 78 manifest invalid; 126 command not executable; 127 command not found.
+`scan` exits 1 when it finds a value.
 See docs/lifecycle.md.";
 
 /// Run a command with its secrets in its environment, fetched from the backend the manifest
@@ -29,7 +32,7 @@ See docs/lifecycle.md.";
     name = "secret-run",
     version,
     after_help = AFTER_HELP,
-    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|init|completions>"
+    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|scan|init|completions>"
 )]
 pub struct Cli {
     #[command(flatten)]
