@@ -299,6 +299,9 @@ fn scan_finds_values_in_tracked_and_staged_files_and_skips_ignored_ones() {
             base64::engine::general_purpose::STANDARD.encode(TOKEN)
         ),
     );
+    // Tracked, as a leak usually is.
+    git(&["add", ".gitignore", "clean.txt", "src/config.py"]);
+    git(&["commit", "-q", "-m", "planted"]);
     let run = p.run(&["scan"]);
     run.code(1).stdout_has("src/config.py:2: TOKEN\n");
     assert!(!run.stdout.contains("ignored.log"), "{}", run.stdout);
