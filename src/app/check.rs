@@ -64,7 +64,7 @@ pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
         })
         .collect();
     // Every file rendered, nothing written: sizes and problems only.
-    let files = crate::launch::files::Files::prepare(&plan).map(|f| f.render_all(&resolution.vars));
+    let files = crate::launch::files::Files::inspect(&plan).map(|f| f.render_all(&resolution.vars));
     let files: Vec<FileRow> = match files {
         Ok(list) => list
             .into_iter()

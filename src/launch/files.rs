@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 use secrecy::zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::manifest::deliver::{PlannedContent, manifest_id};
+use crate::manifest::deliver::PlannedContent;
 use crate::manifest::plan::Plan;
 use crate::resolve::ResolvedVar;
 
@@ -41,15 +41,21 @@ impl<'a> Files<'a> {
     /// Checks that every absolute target can be written, before any secret is fetched, and
     /// removes the private directories that killed runs of this manifest left behind.
     pub fn prepare(plan: &'a Plan) -> Result<Files<'a>> {
+        let files = Files::inspect(plan)?;
+        if plan.has_files() {
+            remove_leftovers(&plan.private_dir);
+        }
+        Ok(files)
+    }
+
+    /// The files of `plan`, their targets checked, nothing written or removed: for `check`.
+    pub fn inspect(plan: &'a Plan) -> Result<Files<'a>> {
         let files = Files {
             plan,
             dir_made: false,
             written: Vec::new(),
             keep: false,
         };
-        if !plan.has_files() {
-            return Ok(files);
-        }
         for f in plan.files.iter().filter(|f| !f.private) {
             let parent = f.target.parent().unwrap_or(Path::new("/"));
             if !parent.is_dir() {
@@ -71,7 +77,6 @@ impl<'a> Files<'a> {
                 });
             }
         }
-        remove_leftovers(&plan.private_dir);
         Ok(files)
     }
 
@@ -327,7 +332,6 @@ fn remove_leftovers(dir: &Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    let _ = manifest_id;
 }
 
 fn unchanged(path: &Path, bytes: &[u8]) -> bool {

@@ -290,7 +290,7 @@ pub fn private_dir(manifest: &Path) -> PathBuf {
 }
 
 /// A short, stable name for a manifest: FNV-1a of its absolute path.
-pub fn manifest_id(manifest: &Path) -> String {
+fn manifest_id(manifest: &Path) -> String {
     let path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_path_buf());
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in path.as_os_str().as_encoded_bytes() {
