@@ -150,14 +150,16 @@ fn compose(plan: &Plan, resolution: &mut Resolution) {
     }
     let mut context: BTreeMap<String, Zeroizing<String>> = BTreeMap::new();
     let mut failed: HashMap<String, ErrorKind> = HashMap::new();
+    let as_file: BTreeSet<&EnvName> = plan
+        .vars
+        .iter()
+        .filter(|p| p.as_file.is_some())
+        .map(|p| &p.name)
+        .collect();
     for v in &resolution.vars {
-        let as_file = plan
-            .vars
-            .iter()
-            .any(|p| p.name == v.name && p.as_file.is_some());
         match &v.outcome {
             Outcome::Value(value) | Outcome::Default(value) => {
-                let shown = if as_file {
+                let shown = if as_file.contains(&v.name) {
                     plan.file_of(&v.name).display().to_string()
                 } else {
                     value.expose_secret().to_owned()
@@ -171,8 +173,7 @@ fn compose(plan: &Plan, resolution: &mut Resolution) {
         }
     }
     for t in &plan.templates {
-        let uses = crate::template::names(&t.text).unwrap_or_default();
-        let broken = uses.iter().find_map(|n| failed.get(n).map(|k| (n, *k)));
+        let broken = t.uses.iter().find_map(|n| failed.get(n).map(|k| (n, *k)));
         let outcome = match broken {
             Some((input, kind)) => Outcome::Failed(SecretError::new(
                 kind,

@@ -15,6 +15,8 @@ use crate::secret::EnvName;
 pub struct PlannedTemplate {
     pub name: EnvName,
     pub text: String,
+    /// The variables it names, found once when the manifest is read.
+    pub uses: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +116,8 @@ pub fn plan_templates(
         .filter_map(|n| {
             let name = EnvName::parse(&n).ok()?;
             let text = text_of.remove(&n)?;
-            Some(PlannedTemplate { name, text })
+            let uses = uses.remove(&n).unwrap_or_default();
+            Some(PlannedTemplate { name, text, uses })
         })
         .collect()
 }
