@@ -338,9 +338,10 @@ fn explain(what: &str, e: nix::Error) -> String {
 #[derive(Debug)]
 pub struct Image {
     path: CString,
-    argv: Vec<CString>,
+    /// Never read: it owns the strings `argv_ptrs` points into.
+    _argv: Vec<CString>,
     env: Vec<Zeroizing<Vec<u8>>>,
-    /// NULL-terminated arrays of pointers into `argv` and `env` (whose buffers do not move).
+    /// NULL-terminated arrays of pointers into `_argv` and `env` (whose buffers do not move).
     argv_ptrs: Vec<usize>,
     env_ptrs: Vec<usize>,
     pid_slot: usize,
@@ -394,7 +395,7 @@ impl Image {
             .collect();
         Some(Image {
             path,
-            argv,
+            _argv: argv,
             env,
             argv_ptrs,
             env_ptrs,
@@ -421,7 +422,6 @@ impl Image {
             slot[i] = digits[n - 1 - i];
         }
         slot[n] = 0;
-        let _ = &self.argv;
         // SAFETY: `path` is a NUL-terminated string; `argv_ptrs` and `env_ptrs` are
         // NULL-terminated arrays of pointers to NUL-terminated strings owned by `self`, whose
         // buffers have not moved since the pointers were taken. execve only reads them.
