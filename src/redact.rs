@@ -235,9 +235,18 @@ fn filter_hash(four: &[u8]) -> usize {
 }
 
 /// One stream being redacted: the bytes held back between chunks.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Stream {
     pending: Zeroizing<Vec<u8>>,
+}
+
+/// What is held back may be the beginning of a value: only its length is shown.
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("pending", &self.pending.len())
+            .finish()
+    }
 }
 
 impl Stream {

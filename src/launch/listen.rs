@@ -335,7 +335,6 @@ fn explain(what: &str, e: nix::Error) -> String {
 
 /// The child's program, arguments and environment laid out before fork, with a slot for
 /// `LISTEN_PID`: the child fills it in and calls execve without allocating.
-#[derive(Debug)]
 pub struct Image {
     path: CString,
     /// Never read: it owns the strings `argv_ptrs` points into.
@@ -345,6 +344,16 @@ pub struct Image {
     argv_ptrs: Vec<usize>,
     env_ptrs: Vec<usize>,
     pid_slot: usize,
+}
+
+/// The environment holds the secrets: only its size is shown.
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("path", &self.path)
+            .field("variables", &self.env.len())
+            .finish_non_exhaustive()
+    }
 }
 
 const PID_PREFIX: &[u8] = b"LISTEN_PID=";
