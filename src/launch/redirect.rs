@@ -101,6 +101,19 @@ impl Redirect {
         }
     }
 
+    /// `text` from the child that secret-run itself prints (a `STATUS=` line), redacted like the
+    /// child's output.
+    pub fn redact(&self, text: &str) -> String {
+        let Ok(current) = self.redactor.read() else {
+            return String::new();
+        };
+        let mut stream = Stream::default();
+        let mut out = Vec::new();
+        stream.feed(&current, text.as_bytes(), &mut out);
+        stream.finish(&current, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// The child's stdout and stderr: the pipes, or `None` to inherit secret-run's.
     pub fn for_child(&self) -> (Option<std::process::Stdio>, Option<std::process::Stdio>) {
         let stdio = |fd: &Option<OwnedFd>| {

@@ -302,6 +302,11 @@ impl<'a> Supervisor<'a> {
     /// only from the child itself.
     fn notified(&mut self, message: Message) {
         if let Some(status) = notify::status(&message.text) {
+            // The child's words in secret-run's log: redacted as its output is, when it is.
+            let status = match self.redirect {
+                Some(r) => r.redact(status),
+                None => status.to_owned(),
+            };
             tracing::info!(pid = message.child.as_raw(), "child status: {status}");
         }
         if !notify::says_ready(&message.text) {
