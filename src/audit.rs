@@ -24,6 +24,8 @@ pub enum Trigger {
     Signal,
     Watch,
     Restart,
+    /// An issued credential neared its end and could not be renewed.
+    Lease,
 }
 
 impl Trigger {
@@ -33,6 +35,7 @@ impl Trigger {
             Trigger::Signal => "signal",
             Trigger::Watch => "watch",
             Trigger::Restart => "restart",
+            Trigger::Lease => "lease",
         }
     }
 }
@@ -59,6 +62,7 @@ impl VarRecord {
                     Outcome::Value(_) => "ok",
                     Outcome::Default(_) => "default",
                     Outcome::Absent => "absent",
+                    Outcome::Unissued => "unissued",
                     Outcome::Failed(e) => e.kind.label(),
                 },
             })
@@ -158,6 +162,66 @@ pub enum Event {
     StaleServe { failure: Failure, age_s: u64 },
     /// The child was not restarted: its last-known-good values are older than `max_stale`.
     StaleRefused { failure: Failure, age_s: u64 },
+    /// What happened to an issued credential.
+    Lease {
+        what: LeaseEvent,
+        lease: LeaseRecord,
+    },
+    /// The child `pid` was started with these issued credentials.
+    LeaseUse { pid: i32, leases: Vec<String> },
+}
+
+/// An issued credential as the log names it: never its id's secret part, never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// `database/creds/app/…1a2b3c4d`, or `pki/issue/web (certificate)`.
+    pub lease: String,
+    pub backend: String,
+    pub path: String,
+}
+
+/// The steps of an issued credential's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Issued, lasting `ttl_s`; the variables it gave.
+    Issue {
+        ttl_s: u64,
+        renewable: bool,
+        vars: Vec<String>,
+    },
+    /// Extended by `ttl_s`.
+    Renew {
+        ttl_s: u64,
+    },
+    /// A renewal failed (the outcome word says why); tried again while the lease lasts.
+    RenewFailed {
+        outcome: &'static str,
+    },
+    /// It must be replaced before it ends: a reload issues a new one (`reason`).
+    Expiring {
+        reason: &'static str,
+    },
+    /// Its end passed and it was not replaced: the child keeps running on it, and `max_stale`
+    /// decides about restarts.
+    Expired,
+    Revoke,
+    RevokeFailed {
+        outcome: &'static str,
+    },
+}
+
+impl LeaseEvent {
+    fn word(&self) -> &'static str {
+        match self {
+            LeaseEvent::Issue { .. } => "lease-issue",
+            LeaseEvent::Renew { .. } => "lease-renew",
+            LeaseEvent::RenewFailed { .. } => "lease-renew-failed",
+            LeaseEvent::Expiring { .. } => "lease-expiring",
+            LeaseEvent::Expired => "lease-expired",
+            LeaseEvent::Revoke => "lease-revoke",
+            LeaseEvent::RevokeFailed { .. } => "lease-revoke-failed",
+        }
+    }
 }
 
 impl Event {
@@ -217,6 +281,31 @@ impl Event {
             Event::OverlapFailed { pid, code } => ("overlap-failed", exit_fields(*pid, *code)),
             Event::StaleServe { failure, age_s } => ("stale-serve", aged(failure, *age_s)),
             Event::StaleRefused { failure, age_s } => ("stale-refused", aged(failure, *age_s)),
+            Event::Lease { what, lease } => {
+                let mut fields = object(json!({
+                    "lease": lease.lease,
+                    "backend": lease.backend,
+                    "path": lease.path,
+                }));
+                let extra = match what {
+                    LeaseEvent::Issue {
+                        ttl_s,
+                        renewable,
+                        vars,
+                    } => json!({ "ttl_s": ttl_s, "renewable": renewable, "vars": vars }),
+                    LeaseEvent::Renew { ttl_s } => json!({ "ttl_s": ttl_s }),
+                    LeaseEvent::RenewFailed { outcome } | LeaseEvent::RevokeFailed { outcome } => {
+                        json!({ "outcome": outcome })
+                    }
+                    LeaseEvent::Expiring { reason } => json!({ "reason": reason }),
+                    LeaseEvent::Expired | LeaseEvent::Revoke => json!({}),
+                };
+                fields.extend(object(extra));
+                (what.word(), fields)
+            }
+            Event::LeaseUse { pid, leases } => {
+                ("lease-use", object(json!({ "pid": pid, "leases": leases })))
+            }
         }
     }
 }

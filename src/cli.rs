@@ -114,6 +114,11 @@ pub enum Sub {
         /// Print a JSON document instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also read endpoints that create credentials (database/creds, pki/issue): each is
+        /// issued once, shown (lease, renewable, validity) and revoked at once. Without it they
+        /// are listed, not read: a plain check never mints a database user.
+        #[arg(long)]
+        issue: bool,
     },
     /// Write a starter manifest (to -f, default secrets.toml).
     Init {

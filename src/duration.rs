@@ -15,6 +15,11 @@ pub fn exponential(base: Duration, attempt: u32, cap: Duration) -> Duration {
         .min(cap)
 }
 
+/// A duration a server sent, bounded like any other (a lease of a hundred years is ten).
+pub fn clamp(d: Duration) -> Duration {
+    d.min(MAX)
+}
+
 pub fn parse(text: &str) -> Result<Duration, crate::error::Invalid> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))?;

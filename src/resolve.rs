@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use nix::poll::{PollFd, PollFlags};
 use std::os::fd::AsFd;
 
-use crate::backend::{Fetched, Handle, Reader, Request};
+use crate::backend::{Fetched, Handle, Lease, Reader, Request};
 use crate::error::Error;
 use crate::failure::{BackendFailure, ResolveFailure, VarProblem};
 use crate::fsread::wait_readable;
@@ -26,6 +26,8 @@ pub enum Outcome {
     Default(SecretString),
     /// Optional and not found: the variable is left unset.
     Absent,
+    /// An endpoint that issues credentials, not read (`check` without `--issue`).
+    Unissued,
     Failed(SecretError),
 }
 
@@ -37,6 +39,8 @@ pub struct ResolvedVar {
     pub version: Option<String>,
     /// What else the backend says of the version read (its creation time, its stages).
     pub about: Option<String>,
+    /// The issued credential the value belongs to (`Issued::tag`): entries of one request share it.
+    pub lease: Option<u64>,
     pub outcome: Outcome,
 }
 
@@ -44,7 +48,7 @@ impl ResolvedVar {
     pub fn value(&self) -> Option<&SecretString> {
         match &self.outcome {
             Outcome::Value(v) | Outcome::Default(v) => Some(v),
-            Outcome::Absent | Outcome::Failed(_) => None,
+            Outcome::Absent | Outcome::Unissued | Outcome::Failed(_) => None,
         }
     }
 }
@@ -53,7 +57,38 @@ impl ResolvedVar {
 pub struct Resolution {
     pub vars: Vec<ResolvedVar>,
     pub backend_failures: Vec<BackendFailure>,
+    /// The credentials this resolve issued (kept ones are not repeated): whoever holds the
+    /// resolution renews and revokes them, or says why nobody will.
+    pub issued: Vec<Issued>,
 }
+
+/// A credential a backend issued with a lease (or a certificate's validity).
+#[derive(Debug)]
+pub struct Issued {
+    /// Unique in this process; the variables that share the credential carry it.
+    pub tag: u64,
+    pub backend: String,
+    pub handle: Handle,
+    pub request: Request,
+    pub lease: Lease,
+    /// What was read, for keeping the credential across reloads.
+    pub fetched: Fetched,
+}
+
+/// Credentials a reload keeps rather than issues again (their leases are alive and renewed):
+/// a reload must not mint a database user per `watch` tick.
+#[derive(Debug, Default)]
+pub struct Kept {
+    pub held: HashMap<(String, Request), (u64, Fetched)>,
+}
+
+impl Kept {
+    pub fn none() -> Kept {
+        Kept::default()
+    }
+}
+
+static NEXT_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Resolution {
     /// `Err` with every problem when any required variable has no value.
@@ -107,8 +142,8 @@ struct Round<'p> {
 }
 
 impl<'p> Round<'p> {
-    fn new(plan: &'p Plan, timeout: Duration) -> (Round<'p>, Vec<Batch>) {
-        let batches = batches(plan);
+    fn new(plan: &'p Plan, timeout: Duration, kept: &Kept) -> (Round<'p>, Vec<Batch>) {
+        let batches = batches(plan, kept);
         let round = Round {
             plan,
             timeout,
@@ -128,14 +163,64 @@ impl<'p> Round<'p> {
     }
 
     /// Gives each variable its outcome; backends with no answer fail as a whole.
-    fn finish(self, results: Results) -> Resolution {
+    fn finish(self, mut results: Results, kept: &Kept) -> Resolution {
         tracing::debug!(
             elapsed_us = self.started.elapsed().as_micros() as u64,
             "resolve finished"
         );
-        let mut resolution = assemble(self.plan, results, &self.names, self.timeout);
+        for ((backend, request), (_, fetched)) in &kept.held {
+            if let Ok(map) = results
+                .entry(backend.clone())
+                .or_insert_with(|| Ok(BackendResults::new()))
+            {
+                map.insert(request.clone(), Ok(fetched.copy()));
+            }
+        }
+        let issued = self.issued(&results, kept);
+        let mut resolution = assemble(self.plan, results, &self.names, self.timeout, &issued);
         compose(self.plan, &mut resolution);
+        resolution.issued = issued
+            .into_values()
+            .filter(|i| {
+                !kept
+                    .held
+                    .contains_key(&(i.backend.clone(), i.request.clone()))
+            })
+            .collect();
         resolution
+    }
+
+    /// Every answer that carries a lease, kept ones with their tag and new ones with a new tag.
+    fn issued(&self, results: &Results, kept: &Kept) -> HashMap<(String, Request), Issued> {
+        let mut issued = HashMap::new();
+        for (backend, answers) in results {
+            let (Ok(answers), Some(handle)) = (answers, self.plan.backends.get(backend)) else {
+                continue;
+            };
+            for (request, answer) in answers {
+                let Ok(fetched) = answer else { continue };
+                let Some(lease) = &fetched.lease else {
+                    continue;
+                };
+                let key = (backend.clone(), request.clone());
+                let tag = kept.held.get(&key).map_or_else(
+                    || NEXT_TAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    |(tag, _)| *tag,
+                );
+                issued.insert(
+                    key,
+                    Issued {
+                        tag,
+                        backend: backend.clone(),
+                        handle: handle.clone(),
+                        request: request.clone(),
+                        lease: lease.clone(),
+                        fetched: fetched.copy(),
+                    },
+                );
+            }
+        }
+        issued
     }
 }
 
@@ -169,7 +254,7 @@ fn compose(plan: &Plan, resolution: &mut Resolution) {
             Outcome::Failed(e) => {
                 failed.insert(v.name.to_string(), e.kind);
             }
-            Outcome::Absent => {}
+            Outcome::Absent | Outcome::Unissued => {}
         }
     }
     for t in &plan.templates {
@@ -206,18 +291,26 @@ fn compose(plan: &Plan, resolution: &mut Resolution) {
             path: String::new(),
             version: None,
             about: None,
+            lease: None,
             outcome,
         });
     }
 }
 
-fn batches(plan: &Plan) -> Vec<Batch> {
+fn batches(plan: &Plan, kept: &Kept) -> Vec<Batch> {
     let mut by_backend: BTreeMap<&str, BTreeSet<Request>> = BTreeMap::new();
     for v in &plan.vars {
+        let request = request_of(v);
+        if kept
+            .held
+            .contains_key(&(v.backend.clone(), request.clone()))
+        {
+            continue;
+        }
         by_backend
             .entry(v.backend.as_str())
             .or_default()
-            .insert(request_of(v));
+            .insert(request);
     }
     by_backend
         .into_iter()
@@ -248,13 +341,14 @@ pub fn resolve_blocking(
     timeout: Duration,
     interrupts: &Interrupts,
 ) -> Result<Resolution, Error> {
-    let (round, batches) = Round::new(plan, timeout);
+    let kept = Kept::none();
+    let (round, batches) = Round::new(plan, timeout, &kept);
     if batches
         .iter()
         .all(|b| b.backend.backend.reader().is_local())
     {
         let results = read_on_thread(batches, round.deadline(), interrupts)?;
-        return Ok(round.finish(results));
+        return Ok(round.finish(results, &kept));
     }
     let rt = runtime()?;
     let outcome = rt.block_on(async {
@@ -285,14 +379,15 @@ pub fn resolve_blocking(
     // A read stuck past the deadline must not hold the exit back; dropping the unfinished
     // reads kills the provider programs still running, and their process groups.
     rt.shutdown_background();
-    Ok(round.finish(outcome?))
+    Ok(round.finish(outcome?, &kept))
 }
 
-/// Resolves every variable of the plan within `timeout`, inside a runtime: every backend at once.
-pub async fn resolve(plan: &Plan, timeout: Duration) -> Resolution {
-    let (round, batches) = Round::new(plan, timeout);
+/// Resolves every variable of the plan within `timeout`, inside a runtime: every backend at
+/// once, except the credentials `kept` already holds.
+pub async fn resolve(plan: &Plan, timeout: Duration, kept: &Kept) -> Resolution {
+    let (round, batches) = Round::new(plan, timeout, kept);
     let results = read_async(batches, round.deadline()).await;
-    round.finish(results)
+    round.finish(results, kept)
 }
 
 /// The local reads, on a thread of their own: a read can block (a file on a hung network
@@ -437,7 +532,13 @@ fn pair(
 }
 
 /// Gives each variable its outcome; backends with no answer by the deadline fail as a whole.
-fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Duration) -> Resolution {
+fn assemble(
+    plan: &Plan,
+    mut results: Results,
+    names: &[String],
+    timeout: Duration,
+    issued: &HashMap<(String, Request), Issued>,
+) -> Resolution {
     for name in names {
         results.entry(name.clone()).or_insert_with(|| {
             Err(SecretError::unavailable(format!(
@@ -473,13 +574,18 @@ fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Durati
                 Outcome::Absent => tracing::debug!(var = %v.name, backend = %v.backend, path = %v.path, "optional, absent"),
                 Outcome::Default(_) => tracing::debug!(var = %v.name, backend = %v.backend, path = %v.path, "absent, default used"),
                 Outcome::Value(_) => tracing::trace!(var = %v.name, backend = %v.backend, path = %v.path, "resolved"),
+                Outcome::Unissued => tracing::debug!(var = %v.name, backend = %v.backend, path = %v.path, "issuing endpoint, not read"),
             }
+            let lease = matches!(outcome, Outcome::Value(_))
+                .then(|| issued.get(&(v.backend.clone(), request_of(v))).map(|i| i.tag))
+                .flatten();
             ResolvedVar {
                 name: v.name.clone(),
                 backend: v.backend.clone(),
                 path: v.path.clone(),
                 version: meta.version,
                 about: meta.about,
+                lease,
                 outcome,
             }
         })
@@ -487,6 +593,7 @@ fn assemble(plan: &Plan, mut results: Results, names: &[String], timeout: Durati
     Resolution {
         vars,
         backend_failures: failures.into_values().collect(),
+        issued: Vec::new(),
     }
 }
 
@@ -494,6 +601,7 @@ fn request_of(v: &PlannedVar) -> Request {
     Request {
         path: v.path.clone(),
         version: v.version.clone(),
+        params: v.params.clone(),
     }
 }
 
@@ -507,6 +615,13 @@ struct Meta {
 /// Applies `key`, the value checks, and `optional`/`default` to one fetched value.
 fn finish(v: &PlannedVar, fetched: &Result<Fetched, SecretError>) -> (Outcome, Meta) {
     let (value, meta) = match fetched {
+        Ok(f) if f.unissued => {
+            let meta = Meta {
+                version: None,
+                about: f.about.clone(),
+            };
+            return (Outcome::Unissued, meta);
+        }
         Ok(f) => {
             let value = match (&v.key, f.fields) {
                 (Some(key), _) => secret::apply_key(&f.value, key),

@@ -28,9 +28,18 @@ struct Row {
     detail: Option<String>,
 }
 
-pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
-    let plan = load_plan(global)?;
-    let resolution = resolve::resolve_blocking(&plan, global.timeout, interrupts)?;
+pub fn run(global: &Global, json: bool, issue: bool, interrupts: &Interrupts) -> Result<u8> {
+    let plan = load_plan(global, issue)?;
+    let mut resolution = resolve::resolve_blocking(&plan, global.timeout, interrupts)?;
+    // Issued only to be shown: revoked before anything is printed.
+    let issued = std::mem::take(&mut resolution.issued);
+    let dynamic = !issued.is_empty()
+        || resolution
+            .vars
+            .iter()
+            .any(|v| matches!(v.outcome, Outcome::Unissued));
+    // Their outcomes are logged; a check keeps no audit log.
+    let _ = crate::launch::leases::revoke_blocking(issued);
     let rows: Vec<Row> = resolution
         .vars
         .iter()
@@ -43,6 +52,7 @@ pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
                     Some("not found; the manifest's default is used".to_owned()),
                 ),
                 Outcome::Absent => ("absent", Some("optional; not found, left unset".to_owned())),
+                Outcome::Unissued => ("not-issued", None),
                 Outcome::Failed(e) => (e.kind.label(), Some(e.message.clone())),
             };
             Row {
@@ -97,14 +107,18 @@ pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
     let out = if json {
         render_json(global, &rows, &files, code)
     } else {
+        let mut text = render_table(&rows) + &render_files(&files);
+        if dynamic {
+            text.push_str(DYNAMIC_NOTE);
+        }
         // JSON escapes control characters itself; the table is for a terminal.
-        crate::output::escape_controls(&(render_table(&rows) + &render_files(&files))).into_owned()
+        crate::output::escape_controls(&text).into_owned()
     };
     write_stdout(out.as_bytes())?;
     if code != 0 && !json {
         let failed = rows
             .iter()
-            .filter(|r| !matches!(r.status, "ok" | "default" | "absent"))
+            .filter(|r| !matches!(r.status, "ok" | "default" | "absent" | "not-issued"))
             .count();
         crate::output::warn_line(&format!(
             "secret-run: check failed: {failed} of {} secrets did not resolve",
@@ -113,6 +127,8 @@ pub fn run(global: &Global, json: bool, interrupts: &Interrupts) -> Result<u8> {
     }
     Ok(code)
 }
+
+const DYNAMIC_NOTE: &str = "\nIssued credentials are renewed, replaced and revoked while secret-run supervises the command; with --exec nothing stays to do it: they last until their lease ends.\n";
 
 fn render_table(rows: &[Row]) -> String {
     let path_of = |r: &Row| match &r.key {

@@ -106,6 +106,7 @@ fn from_env_file(
         },
         &Context {
             base_dir: PathBuf::from("."),
+            issue: false,
         },
     );
     let entries = reader

@@ -30,9 +30,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         ));
     }
     match cli.sub {
-        Some(Sub::Check { json }) => {
+        Some(Sub::Check { json, issue }) => {
             let interrupts = Interrupts::block()?;
-            check::run(&cli.global, json, &interrupts)
+            check::run(&cli.global, json, issue, &interrupts)
         }
         Some(Sub::Scan {
             paths,
@@ -88,7 +88,7 @@ fn launch_command(
     } else {
         None
     };
-    let plan = load_plan(global)?;
+    let plan = load_plan(global, true)?;
     let redact = redact_mode.unwrap_or(plan.run.redact);
     if exec_mode && redact != crate::manifest::run::Redact::Never {
         return Err(Error::Usage(
@@ -103,9 +103,19 @@ fn launch_command(
     // Opened only when the manifest asks for it: the common --exec path stays one file read.
     let mut audit = Audit::open(plan.audit.as_deref(), plan.name.as_deref())?;
     if let Some(interrupts) = interrupts {
-        let resolution = resolve::resolve_blocking(&plan, global.timeout, &interrupts)
+        let mut resolution = resolve::resolve_blocking(&plan, global.timeout, &interrupts)
             .inspect_err(|e| audit_interrupted(e, &mut audit))?;
-        let vars = audited_start(resolution, &mut audit)?;
+        let issued = std::mem::take(&mut resolution.issued);
+        let vars = match audited_start(resolution, &mut audit) {
+            Ok(vars) => vars,
+            Err(e) => {
+                for event in launch::leases::revoke_blocking(issued) {
+                    audit.record(event);
+                }
+                return Err(e);
+            }
+        };
+        unkept(issued, &vars, &mut audit);
         // The command must not inherit blocked signals.
         drop(interrupts);
         files.write(&vars)?;
@@ -152,11 +162,22 @@ fn launch_command(
         // Handlers first: a signal during the first resolve is not lost, and does not end
         // secret-run by its default action with a provider still running.
         let mut signals = supervise::Signals::install(&plan)?;
-        let (resolution, reload_asked) = signals
-            .during_start(resolve::resolve(&plan, global.timeout), &plan)
+        let none = resolve::Kept::none();
+        let (mut resolution, reload_asked) = signals
+            .during_start(resolve::resolve(&plan, global.timeout, &none), &plan)
             .await
             .inspect_err(|e| audit_interrupted(e, &mut audit))?;
-        let vars = audited_start(resolution, &mut audit)?;
+        let issued = std::mem::take(&mut resolution.issued);
+        let vars = match audited_start(resolution, &mut audit) {
+            Ok(vars) => vars,
+            Err(e) => {
+                // Nothing will use what was issued before another secret failed.
+                for event in launch::leases::revoke_now(issued).await {
+                    audit.record(event);
+                }
+                return Err(e);
+            }
+        };
         files.write(&vars)?;
         let redirect = start_redaction(redact, &vars, &plan)?;
         let keepers: Vec<_> = plan
@@ -176,6 +197,7 @@ fn launch_command(
             audit,
             signals,
             reload_asked,
+            issued,
         };
         let delivery = supervise::Delivery {
             listeners: &listeners,
@@ -229,6 +251,21 @@ fn start_redaction(
         secrecy::zeroize::Zeroize::zeroize(&mut masks);
     }
     launch::redirect::Redirect::start(mode, redactor)
+}
+
+/// `--exec`: the command replaces secret-run, so nothing renews or revokes what was issued for
+/// it; said once per credential, with when it ends.
+fn unkept(issued: Vec<resolve::Issued>, vars: &[resolve::ResolvedVar], audit: &mut Audit) {
+    let names = launch::leases::vars_of(vars);
+    for i in issued {
+        let label = launch::leases::label(&i.lease, &i.request.path);
+        tracing::warn!(
+            lease = %label,
+            "--exec: an issued credential is not renewed or revoked (nothing stays to do it); {}",
+            i.lease.about()
+        );
+        audit.record(launch::leases::issue_event(&i, &names));
+    }
 }
 
 /// Records a start abandoned to a signal.

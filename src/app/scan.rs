@@ -25,7 +25,7 @@ pub fn run(
     json: bool,
     interrupts: &Interrupts,
 ) -> Result<u8> {
-    let plan = load_plan(global)?;
+    let plan = load_plan(global, false)?;
     let resolution = crate::resolve::resolve_blocking(&plan, global.timeout, interrupts)?;
     let vars = resolution.into_complete().map_err(Error::Resolve)?;
     let (redactor, short) = crate::launch::redactor_of(&vars, &plan);

@@ -20,12 +20,15 @@ pub fn deadline(global: &Global) -> std::time::Instant {
     std::time::Instant::now() + global.timeout
 }
 
-pub fn load_plan(global: &Global) -> Result<plan::Plan> {
+/// `issue`: read endpoints that create credentials (a run does; `check` only with `--issue`,
+/// and `scan` never).
+pub fn load_plan(global: &Global, issue: bool) -> Result<plan::Plan> {
     let manifest = manifest::load(&global.manifest, deadline(global))?;
     let opts = plan::PlanOptions {
         backend_override: global.backend.clone().filter(|b| !b.is_empty()),
         env_name: global.env_name.clone().filter(|e| !e.is_empty()),
         deadline: Some(deadline(global)),
+        issue,
     };
     plan::build(manifest, &opts)
 }

@@ -17,6 +17,7 @@ pub mod command;
 pub mod dotenv;
 pub mod env;
 pub mod file;
+pub mod lease;
 #[cfg(feature = "vault")]
 pub mod vault;
 
@@ -27,6 +28,7 @@ use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 
+pub use self::lease::{Lease, LeaseId};
 use crate::error::{Invalid, did_you_mean};
 use crate::secret::SecretError;
 
@@ -158,6 +160,11 @@ pub trait Config: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// Reads issuing endpoints, which an entry's `params` go to.
+    fn takes_params(&self) -> bool {
+        false
+    }
+
     /// Refuses, before anything is read, a path that this backend can never serve.
     fn check_path(&self, path: &str) -> Result<(), Invalid> {
         let _ = path;
@@ -190,6 +197,42 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
     /// `None` for a backend with nothing to keep.
     fn keep_alive(&self) -> Option<BoxFuture<'_, ()>> {
         None
+    }
+
+    /// Extends a lease this backend issued by `increment`: the duration granted, which may be
+    /// shorter (its maximum is near). Only backends that hand out leases are asked.
+    fn renew<'a>(
+        &'a self,
+        lease: &'a LeaseId,
+        increment: std::time::Duration,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<std::time::Duration, SecretError>> {
+        let _ = (lease, increment, deadline);
+        Box::pin(async {
+            Err(SecretError::bug(
+                "a lease was renewed on a backend without leases",
+            ))
+        })
+    }
+
+    /// Ends a lease this backend issued (the database user is dropped, the token revoked).
+    fn revoke<'a>(
+        &'a self,
+        lease: &'a LeaseId,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>> {
+        let _ = (lease, deadline);
+        Box::pin(async {
+            Err(SecretError::bug(
+                "a lease was revoked on a backend without leases",
+            ))
+        })
+    }
+
+    /// Leases no child uses any more are revoked (`revoke = false` on a vault backend: left to
+    /// expire).
+    fn revokes(&self) -> bool {
+        true
     }
 }
 
@@ -244,13 +287,18 @@ pub trait RemoteRead: Sync {
 pub struct Context {
     /// Relative paths in the manifest are relative to the manifest's directory.
     pub base_dir: PathBuf,
+    /// Read endpoints that create credentials; when `false` they are reported, not read.
+    pub issue: bool,
 }
 
-/// One distinct read: a full path (prefix applied) and an optional version.
+/// One distinct read: a full path (prefix applied), an optional version, and what an issuing
+/// endpoint is asked for (canonical JSON): entries equal in all three share one answer, so the
+/// `username` and `password` of one database credential belong together.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Request {
     pub path: String,
     pub version: Option<String>,
+    pub params: Option<String>,
 }
 
 /// A value as a backend read it, with what the backend knows of its version (for `check`).
@@ -264,6 +312,10 @@ pub struct Fetched {
     /// What else the backend says of this version, for `check`: when it was written, its
     /// stages. Never anything derived from the value.
     pub about: Option<String>,
+    /// An issued credential's lease or validity: the supervisor renews, replaces and revokes it.
+    pub lease: Option<Lease>,
+    /// An endpoint that would create a credential, not read (`check` without `--issue`).
+    pub unissued: bool,
 }
 
 impl Fetched {
@@ -273,15 +325,38 @@ impl Fetched {
             fields: false,
             version: None,
             about: None,
+            lease: None,
+            unissued: false,
         }
     }
 
     pub fn fields(value: SecretString, version: Option<String>, about: Option<String>) -> Self {
         Fetched {
-            value,
             fields: true,
             version,
             about,
+            ..Fetched::new(value)
+        }
+    }
+
+    /// An issuing endpoint left unread; `about` says what it is.
+    pub fn unissued(about: String) -> Self {
+        Fetched {
+            about: Some(about),
+            unissued: true,
+            ..Fetched::new(SecretString::from(""))
+        }
+    }
+
+    /// A copy, for a credential kept across reloads.
+    pub fn copy(&self) -> Fetched {
+        Fetched {
+            value: self.value.clone(),
+            fields: self.fields,
+            version: self.version.clone(),
+            about: self.about.clone(),
+            lease: self.lease.clone(),
+            unissued: self.unissued,
         }
     }
 }

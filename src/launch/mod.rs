@@ -4,6 +4,7 @@
 pub mod exec;
 pub mod exit;
 pub mod files;
+pub mod leases;
 pub mod listen;
 pub mod redirect;
 pub mod supervise;
@@ -138,7 +139,7 @@ pub fn child_command(
             Outcome::Absent => {
                 cmd.env_remove(var.name.as_str());
             }
-            Outcome::Failed(_) => {}
+            Outcome::Failed(_) | Outcome::Unissued => {}
         }
     }
     // `[files]` tables' `env`: variables that only name a file.

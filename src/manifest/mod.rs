@@ -91,6 +91,9 @@ pub struct Entry {
     pub path: String,
     pub key: Option<Key>,
     pub version: Option<String>,
+    /// What an issuing endpoint is asked for (`params = { common_name = "…" }`), as canonical
+    /// JSON (sorted keys) so that equal tables make one request.
+    pub params: Option<String>,
     pub optional: bool,
     /// Values in the manifest are not secret by design, but they join the resolved values, which are.
     pub default: Option<SecretString>,
@@ -174,6 +177,7 @@ struct RawEntry {
     path: Option<String>,
     key: Option<String>,
     version: Option<toml::Value>,
+    params: Option<toml::Table>,
     optional: Option<bool>,
     default: Option<String>,
     as_file: Option<bool>,
@@ -512,6 +516,7 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
             path: Some(path),
             key: None,
             version: None,
+            params: None,
             optional: None,
             default: None,
             as_file: None,
@@ -544,6 +549,7 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
             ("path", raw.path.is_some()),
             ("key", raw.key.is_some()),
             ("version", raw.version.is_some()),
+            ("params", raw.params.is_some()),
             ("optional", raw.optional.is_some()),
             ("default", raw.default.is_some()),
             ("as_file", raw.as_file.is_some()),
@@ -589,6 +595,20 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
             None
         }
     };
+    let params = match raw.params.map(params_json) {
+        None => None,
+        Some(Ok(json)) => Some(json),
+        Some(Err(e)) => {
+            problems.push(e);
+            None
+        }
+    };
+    if params.is_some() && version.is_some() {
+        problems.push(
+            "`params` ask an issuing endpoint for a new credential, which has no versions; remove `version`"
+                .into(),
+        );
+    }
     if raw.optional == Some(false) && raw.default.is_some() {
         problems.push(
             "`default` makes a secret optional, but `optional = false` says it is required; remove one of them"
@@ -614,6 +634,7 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
         path: raw.path.unwrap_or_default(),
         key: raw.key.as_deref().map(Key::parse),
         version,
+        params,
         optional: raw.optional.unwrap_or(false) || default.is_some(),
         default,
         as_file,
@@ -621,6 +642,44 @@ fn parse_entry(name: &str, value: toml::Value) -> Result<Entry, Vec<String>> {
         group: raw.group,
         template: raw.template,
     })
+}
+
+/// `params` as the JSON body of the request: strings, numbers, booleans and arrays of them,
+/// keys sorted (a `toml::Table` is ordered), so that equal tables are equal text.
+fn params_json(table: toml::Table) -> Result<String, String> {
+    fn json(key: &str, value: toml::Value) -> Result<serde_json::Value, String> {
+        Ok(match value {
+            toml::Value::String(s) => s.into(),
+            toml::Value::Integer(n) => n.into(),
+            toml::Value::Float(f) => serde_json::Number::from_f64(f)
+                .map(serde_json::Value::Number)
+                .ok_or_else(|| format!("`params.{key}` is not a finite number"))?,
+            toml::Value::Boolean(b) => b.into(),
+            toml::Value::Array(items) => serde_json::Value::Array(
+                items
+                    .into_iter()
+                    .map(|i| json(key, i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => {
+                return Err(format!(
+                    "`params.{key}` is a {}; params are strings, numbers, booleans or arrays of them",
+                    other.type_str()
+                ));
+            }
+        })
+    }
+    if table.is_empty() {
+        return Err("`params` is empty; remove it, or name what the endpoint is asked for".into());
+    }
+    // Sorted here: both crates may keep insertion order.
+    let sorted: BTreeMap<String, toml::Value> = table.into_iter().collect();
+    let mut object = serde_json::Map::new();
+    for (key, value) in sorted {
+        let v = json(&key, value)?;
+        object.insert(key, v);
+    }
+    serde_json::to_string(&object).map_err(|e| format!("`params`: {e}"))
 }
 
 fn parse_env(value: toml::Value) -> Result<EnvPolicy, Vec<String>> {

@@ -24,6 +24,9 @@ pub struct PlanOptions {
     pub env_name: Option<String>,
     /// When reading the manifest's template files must give up (`None`: 30 s from now).
     pub deadline: Option<std::time::Instant>,
+    /// Endpoints that create credentials (database/creds, pki/issue) are read; `false` for
+    /// `check` without `--issue` and for `scan`, which must not mint database users.
+    pub issue: bool,
 }
 
 #[derive(Debug)]
@@ -34,6 +37,8 @@ pub struct PlannedVar {
     pub path: String,
     pub key: Option<Key>,
     pub version: Option<String>,
+    /// What an issuing endpoint is asked for, as canonical JSON.
+    pub params: Option<String>,
     pub optional: bool,
     pub default: Option<SecretString>,
     /// Delivered as a file of this mode: the variable holds the file's path.
@@ -194,6 +199,15 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
         if let Err(msg) = spec.config.check_path(&path) {
             problems.push(src.problem_at(at, format!("secret `{}`: {msg}", entry.name)));
         }
+        if entry.params.is_some() && !spec.config.takes_params() {
+            problems.push(src.problem_at(
+                at,
+                format!(
+                    "secret `{}`: backend `{backend}` (kind {}) reads stored values and takes no `params`; only a vault backend's issuing endpoints (pki/issue/…, aws/sts/…) do",
+                    entry.name, spec.kind.name
+                ),
+            ));
+        }
         used.insert(backend.clone(), decl_at);
         let (owner, group) =
             match super::deliver::ids(entry.owner.as_deref(), entry.group.as_deref()) {
@@ -211,6 +225,7 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             path,
             key: entry.key,
             version: entry.version,
+            params: entry.params,
             optional: entry.optional,
             default: entry.default,
             as_file: entry.as_file,
@@ -244,6 +259,7 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
 
     let ctx = Context {
         base_dir: src.dir(),
+        issue: opts.issue,
     };
     let mut backends = BTreeMap::new();
     for (name, decl_at) in used {

@@ -351,10 +351,9 @@ impl SecretsManager {
             (s, c) => s.or(c),
         };
         Ok(Fetched {
-            value,
-            fields: false,
             version: reply.version_id.map(str::to_owned),
             about,
+            ..Fetched::new(value)
         })
     }
 }

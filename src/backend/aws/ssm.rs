@@ -219,8 +219,6 @@ impl Ssm {
                 let result = match found {
                     Some(p) => match p.value() {
                         Some(v) => Ok(Fetched {
-                            value: SecretString::from(v),
-                            fields: false,
                             version: Some(p.version().to_string()),
                             about: {
                                 let kind = p.r#type().map(|t| t.as_str().to_owned());
@@ -230,6 +228,7 @@ impl Ssm {
                                     (k, m) => k.or(m.map(|m| format!("modified {m}"))),
                                 }
                             },
+                            ..Fetched::new(SecretString::from(v))
                         }),
                         None => Err(SecretError::invalid(format!(
                             "parameter `{name}` has no value"
@@ -258,6 +257,7 @@ mod tests {
         Request {
             path: path.into(),
             version: version.map(Into::into),
+            params: None,
         }
     }
 

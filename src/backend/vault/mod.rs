@@ -1,4 +1,5 @@
-//! The `vault` backend: KV secrets from HashiCorp Vault or OpenBao (the same HTTP API).
+//! The `vault` backend: KV secrets and issued credentials (database users, certificates) from
+//! HashiCorp Vault or OpenBao (the same HTTP API).
 //!
 //! ```toml
 //! [backends.vault]
@@ -13,7 +14,12 @@
 //! request_timeout = "10s" # per request, retries included in the resolve deadline
 //! max_retries = 4         # on connection errors, 5xx and 429, with jittered exponential back-off
 //! max_parallel = 16       # requests in flight at once
+//! revoke = true           # revoke issued leases when no child uses them (false: let them expire)
 //! ```
+//!
+//! A path inside a mount that is not KV (`database/creds/app`, `pki/issue/web`) is that engine's
+//! API path: read with GET, or POST with the entry's `params`; its lease (or its certificate's
+//! validity) is renewed, replaced and revoked by the supervisor (`issued.rs`).
 //!
 //! A secret is an object of fields. `key` picks a field, or follows a JSON pointer (`/db/password`)
 //! into it, also into a field that holds JSON text. Without `key` the secret must have one field
@@ -22,6 +28,8 @@
 
 pub mod auth;
 pub mod http;
+mod issued;
+mod mounts;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,11 +44,14 @@ use tokio::time::Instant;
 
 use self::auth::{Auth, AuthConfig};
 use self::http::{Http, Reply, Settings};
+use self::mounts::{Mounts, Place};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use super::{Backend, Context, FetchResult, Fetched, Kind, Reader, RemoteRead, Request, typed};
+use super::{
+    Backend, Context, FetchResult, Fetched, Kind, LeaseId, Reader, RemoteRead, Request, typed,
+};
 use crate::error::Invalid;
 use crate::secret::SecretError;
 
@@ -74,6 +85,7 @@ pub struct Config {
     pub request_timeout: Option<Duration>,
     pub max_retries: Option<u32>,
     pub max_parallel: Option<usize>,
+    pub revoke: Option<bool>,
 }
 
 fn default_mount() -> String {
@@ -87,6 +99,10 @@ impl super::Config for Config {
 
     fn build(&self, ctx: &Context) -> Result<Arc<dyn Backend>, Invalid> {
         Ok(Arc::new(VaultBackend::new(self, ctx)?))
+    }
+
+    fn takes_params(&self) -> bool {
+        true
     }
 }
 
@@ -133,9 +149,13 @@ pub struct VaultBackend {
     http: Http,
     mount: String,
     kv_version: Option<u8>,
-    detected: OnceCell<u8>,
+    /// The engines the token sees, listed once (only an answer is kept).
+    mounts: OnceCell<Mounts>,
     auth: Auth,
     max_parallel: usize,
+    /// Issuing endpoints are read (not for `check` without `--issue`).
+    issue: bool,
+    revoke: bool,
 }
 
 impl Backend for VaultBackend {
@@ -153,6 +173,27 @@ impl Backend for VaultBackend {
     /// Keeps a login token valid while a supervised child runs.
     fn keep_alive(&self) -> Option<BoxFuture<'_, ()>> {
         Some(Box::pin(self.auth.keep_alive(&self.http)))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        lease: &'a LeaseId,
+        increment: Duration,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Duration, SecretError>> {
+        Box::pin(self.renew_lease(lease, increment, deadline))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        lease: &'a LeaseId,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>> {
+        Box::pin(self.revoke_lease(lease, deadline))
+    }
+
+    fn revokes(&self) -> bool {
+        self.revoke
     }
 }
 
@@ -226,21 +267,36 @@ impl VaultBackend {
             http,
             mount: config.mount.trim_matches('/').to_owned(),
             kv_version: config.kv_version,
-            detected: OnceCell::new(),
+            mounts: OnceCell::new(),
             auth: Auth::new(config.auth.clone(), &ctx.base_dir),
             max_parallel,
+            issue: ctx.issue,
+            revoke: config.revoke.unwrap_or(true),
         })
     }
 
     async fn fetch_all(&self, requests: &[Request], deadline: Instant) -> FetchResult {
         let token = self.auth.token(&self.http, deadline).await?;
-        let version = match self.kv_version {
-            Some(v) => v,
-            None => self.detect_version(&token, deadline).await?,
+        let mounts = self.mounts(&token, deadline).await?;
+        let kv = requests.iter().any(|r| mounts.place(&r.path) == Place::Kv);
+        // Asked only when a KV secret is read: a manifest of issued credentials only needs no
+        // KV mount at all.
+        let version = match (self.kv_version, kv) {
+            (Some(v), _) => Ok(v),
+            (None, true) => mounts.kv_version(&self.mount),
+            (None, false) => Ok(2),
         };
         let reads: Vec<_> = requests
             .iter()
-            .map(|r| self.read(r, version, &token, deadline))
+            .map(|r| {
+                let (version, token) = (version.clone(), &token);
+                async move {
+                    match mounts.place(&r.path) {
+                        Place::Api { engine } => self.read_api(r, engine, token, deadline).await,
+                        Place::Kv => self.read(r, version?, token, deadline).await,
+                    }
+                }
+            })
             .collect();
         let results: Vec<Result<Fetched, SecretError>> = futures_util::stream::iter(reads)
             .buffered(self.max_parallel)
@@ -282,83 +338,37 @@ impl VaultBackend {
         }
     }
 
-    /// The mount's KV version, as `vault kv get` finds it: `sys/internal/ui/mounts/MOUNT`,
-    /// which any token with a capability under the mount may read.
-    async fn detect_version(
+    /// The secrets engines the token sees (as `vault kv get` asks, but for every mount at once).
+    async fn mounts(
         &self,
         token: &SecretString,
         deadline: Instant,
-    ) -> Result<u8, SecretError> {
+    ) -> Result<&Mounts, SecretError> {
         // Only an answer is kept: after a failure the next resolve asks again.
-        self.detected
+        self.mounts
             .get_or_try_init(|| async {
-                let url = self
-                    .http
-                    .url(&["sys", "internal", "ui", "mounts", &self.mount], None);
+                let url = self.http.url(&["sys", "internal", "ui", "mounts"], None);
                 let reply = self
                     .http
                     .call(Method::GET, url, Some(token), None, deadline)
                     .await?;
-                self.parse_mount(&reply)
+                match reply.status.as_u16() {
+                    200 => Mounts::parse(&reply),
+                    // Refused by a policy that denies it explicitly: every path is KV.
+                    403 => {
+                        tracing::debug!(
+                            "the token may not list the secrets engines; every path is read as KV"
+                        );
+                        Ok(Mounts::unknown())
+                    }
+                    _ => Err(unavailable(
+                        &reply,
+                        "listing the secrets engines",
+                        self.http.address(),
+                    )),
+                }
             })
             .await
-            .copied()
-    }
-
-    fn parse_mount(&self, reply: &Reply) -> Result<u8, SecretError> {
-        #[derive(Deserialize)]
-        struct Body {
-            data: Option<Mount>,
-        }
-        #[derive(Deserialize)]
-        struct Mount {
-            #[serde(rename = "type")]
-            kind: Option<String>,
-            options: Option<Options>,
-        }
-        #[derive(Deserialize)]
-        struct Options {
-            version: Option<String>,
-        }
-        let mount = &self.mount;
-        match reply.status.as_u16() {
-            200 => {
-                let body: Body = serde_json::from_slice(&reply.body).map_err(|e| {
-                    SecretError::unavailable(format!(
-                        "unexpected reply describing mount `{mount}/` ({})",
-                        crate::error::json_message(&e)
-                    ))
-                })?;
-                let m = body.data.ok_or_else(|| {
-                    SecretError::unavailable(format!("no description of mount `{mount}/`"))
-                })?;
-                let kind = m.kind.unwrap_or_default();
-                if kind != "kv" && kind != "generic" {
-                    return Err(SecretError::not_found(format!(
-                        "mount `{mount}/` is a `{kind}` secrets engine, not KV; set `mount` to a KV mount"
-                    )));
-                }
-                let version = m.options.and_then(|o| o.version).unwrap_or_default();
-                let v = if version == "2" { 2 } else { 1 };
-                tracing::debug!(mount = %mount, kv_version = v, "detected the KV version");
-                Ok(v)
-            }
-            // Without any capability under the mount, Vault will not describe it: assume the
-            // modern default and let the read itself report the denial.
-            403 => {
-                tracing::debug!(mount = %mount, "cannot read the mount's description; assuming KV v2 (set kv_version to be sure)");
-                Ok(2)
-            }
-            400 | 404 => Err(SecretError::not_found(format!(
-                "no secrets engine is mounted at `{mount}/` ({}); check `mount`",
-                reply.said()
-            ))),
-            _ => Err(unavailable(
-                reply,
-                &format!("describing mount `{mount}/`"),
-                self.http.address(),
-            )),
-        }
     }
 
     async fn read(
@@ -369,6 +379,11 @@ impl VaultBackend {
         deadline: Instant,
     ) -> Result<Fetched, SecretError> {
         let path = request.path.trim_matches('/');
+        if request.params.is_some() {
+            return Err(SecretError::invalid(format!(
+                "`params` go to an issuing endpoint, but `{path}` is a KV secret (no secrets engine is mounted where it begins); remove `params`, or check the path"
+            )));
+        }
         let api_path = if version == 2 {
             format!("{}/data/{path}", self.mount)
         } else {
@@ -493,8 +508,13 @@ impl VaultBackend {
                 self.mount
             ));
         } else if self.kv_version.is_some() {
-            // Configured, not detected: see whether the mount disagrees (asked once per run).
-            if let Ok(actual) = self.detect_version(token, deadline).await {
+            // Configured, not detected: see whether the mount disagrees (listed once per run).
+            let actual = self
+                .mounts(token, deadline)
+                .await
+                .ok()
+                .and_then(|m| m.kv_version(&self.mount).ok());
+            if let Some(actual) = actual {
                 if actual != version {
                     msg.push_str(&format!(
                         "; mount `{}/` is KV version {actual}: set `kv_version = {actual}` or remove `kv_version`",

@@ -32,6 +32,7 @@ pub use self::signals::Signals;
 use super::Target;
 use super::exit::code_of;
 use super::files::Files;
+use super::leases::{Leases, Note};
 use super::listen::Listeners;
 use crate::audit::Audit;
 use crate::error::{Error, Result};
@@ -63,6 +64,8 @@ pub struct Start {
     pub signals: Signals,
     /// The reload signal arrived during the first resolve: reload once the child runs.
     pub reload_asked: bool,
+    /// The credentials the first resolve issued: renewed, replaced and revoked from now on.
+    pub issued: Vec<resolve::Issued>,
 }
 
 type Work<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -97,6 +100,8 @@ pub struct Supervisor<'a> {
     resolving: Option<Work<'a, Resolution>>,
     /// A readiness probe of this child, while it runs.
     probing: Option<(Pid, Work<'a, bool>)>,
+    /// The issued credentials, kept alive while a child uses them.
+    leases: Leases,
 }
 
 impl std::fmt::Debug for Supervisor<'_> {
@@ -126,6 +131,12 @@ impl<'a> Supervisor<'a> {
         }
         let mut audit = start.audit;
         audit.in_background();
+        let mut leases = Leases::default();
+        for note in leases.add(start.issued, &super::leases::vars_of(&start.values)) {
+            if let Note::Audit(event) = note {
+                audit.record(event);
+            }
+        }
         let manager = Manager::from_env();
         let policy = Policy::new(
             plan.run.clone(),
@@ -162,12 +173,27 @@ impl<'a> Supervisor<'a> {
             holds_terminal: false,
             resolving: None,
             probing: None,
+            leases,
         })
     }
 
     pub async fn run(mut self) -> Result<u8> {
+        let result = self.supervise().await;
+        // Every credential still held is revoked before secret-run exits; a failure is
+        // logged and audited, and the exit code stays the child's.
+        let leases = std::mem::take(&mut self.leases);
+        if !leases.is_empty() {
+            for event in leases.finish().await {
+                self.audit.record(event);
+            }
+        }
+        result
+    }
+
+    async fn supervise(&mut self) -> Result<u8> {
         // The first child's failure to start is the run's error (126, 127), as with --exec.
         let first = self.spawn()?;
+        self.record_use(first);
         self.feed(Input::Spawned(first));
         loop {
             if let Some(code) = self.policy.exit_code() {
@@ -176,6 +202,9 @@ impl<'a> Supervisor<'a> {
             let deadline = self
                 .policy
                 .next_deadline()
+                .into_iter()
+                .chain(self.leases.next_deadline())
+                .min()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 Some(notice) = self.notices.recv() => match notice {
@@ -183,13 +212,24 @@ impl<'a> Supervisor<'a> {
                     Notice::ChildChanged => self.reap(),
                 },
                 Some(message) = self.messages.recv() => self.notified(message),
-                () = sleep_until_opt(deadline) => self.feed(Input::Tick),
-                resolution = next_of(&mut self.resolving) => {
+                () = sleep_until_opt(deadline) => {
+                    let notes = self.leases.tick();
+                    self.noted(notes);
+                    self.feed(Input::Tick);
+                }
+                done = self.leases.next_done() => {
+                    let notes = self.leases.done(done);
+                    self.noted(notes);
+                }
+                mut resolution = next_of(&mut self.resolving) => {
                     self.resolving = None;
                     // New values are redacted from now on; the old ones still are.
                     if let Some(redirect) = self.redirect {
                         redirect.add(&crate::launch::redactor_of(&resolution.vars, self.plan).0);
                     }
+                    let issued = std::mem::take(&mut resolution.issued);
+                    let notes = self.leases.add(issued, &super::leases::vars_of(&resolution.vars));
+                    self.noted(notes);
                     // Exits left for later while the resolve's own processes ran.
                     self.reap();
                     self.feed(Input::Resolved(resolution));
@@ -219,10 +259,40 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// Which issued credentials the child `pid` was started with.
+    fn record_use(&mut self, pid: Pid) {
+        let tags: std::collections::BTreeSet<u64> = self
+            .policy
+            .values()
+            .iter()
+            .filter_map(|v| v.lease)
+            .collect();
+        let leases = self.leases.labels(tags);
+        if !leases.is_empty() {
+            self.audit.record(crate::audit::Event::LeaseUse {
+                pid: pid.as_raw(),
+                leases,
+            });
+        }
+    }
+
+    /// What the lease keeper found: records for the audit, credentials to replace.
+    fn noted(&mut self, notes: Vec<Note>) {
+        for note in notes {
+            match note {
+                Note::Audit(event) => self.audit.record(event),
+                Note::Expiring(tag) => self.feed(Input::Expiring(tag)),
+            }
+        }
+    }
+
     fn act(&mut self, action: Action) -> Option<Input> {
         match action {
             Action::Spawn => match self.spawn() {
-                Ok(pid) => return Some(Input::Spawned(pid)),
+                Ok(pid) => {
+                    self.record_use(pid);
+                    return Some(Input::Spawned(pid));
+                }
                 Err(e) => {
                     tracing::error!("cannot start the child: {e}");
                     return Some(Input::SpawnFailed {
@@ -244,8 +314,13 @@ impl<'a> Supervisor<'a> {
             }
             Action::Send { pid, signal } => child::send(pid, signal, self.opts),
             Action::Resolve => {
-                self.resolving = Some(Box::pin(resolve::resolve(self.plan, self.timeout)));
+                let (plan, timeout) = (self.plan, self.timeout);
+                let kept = self.leases.kept();
+                self.resolving = Some(Box::pin(async move {
+                    resolve::resolve(plan, timeout, &kept).await
+                }));
             }
+            Action::Release(tags) => self.leases.release(&tags),
             Action::Probe(pid) => {
                 if let Some(ready) = &self.plan.run.ready {
                     self.probing = Some((pid, Box::pin(ready::probe(ready, pid))));

@@ -9,6 +9,7 @@
 //! reload signal is coalesced into one pending reload. A run ends when its last child has
 //! ended and no child being stopped is left.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -47,6 +48,9 @@ pub enum Input {
     Probed { pid: Pid, ready: bool },
     /// The child `pid` itself sent `READY=1` to its notify socket.
     Notified { pid: Pid },
+    /// The issued credential `tag` must be replaced before it ends (it cannot be renewed,
+    /// its maximum is near, or its renewal failed): reload, issuing it anew.
+    Expiring(u64),
     /// Nothing but time: the deadline `next_deadline` gave has passed.
     Tick,
 }
@@ -75,6 +79,8 @@ pub enum Action {
     Tell(Tell),
     /// Write the files delivered from `Policy::values` again (those whose content changed).
     WriteFiles,
+    /// No child uses these issued credentials any more, and none will: revoke them.
+    Release(Vec<u64>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +201,11 @@ pub struct Policy {
     reload_told: bool,
     /// A child was started before (the next one is not the first).
     ever_started: bool,
+    /// The issued credentials each live child was given.
+    held: BTreeMap<Pid, BTreeSet<u64>>,
+    /// Credentials a child was told to stop using (`on_change = "signal"`), released when
+    /// it has had `stop_timeout` to do so.
+    later: Vec<(Instant, BTreeSet<u64>)>,
 }
 
 impl Policy {
@@ -231,6 +242,8 @@ impl Policy {
             first: None,
             reload_told: false,
             ever_started: false,
+            held: BTreeMap::new(),
+            later: Vec::new(),
         }
     }
 
@@ -290,7 +303,9 @@ impl Policy {
         let restart = self.restart_due.filter(|_| idle);
         let reload = (idle && self.pending.is_some() && self.child.is_some())
             .then(|| self.reload_allowed_at());
+        let later = self.later.iter().map(|(at, _)| *at);
         kills
+            .chain(later)
             .chain(watch)
             .chain(probe)
             .chain(restart)
@@ -303,15 +318,36 @@ impl Policy {
         let mut out = Vec::new();
         match input {
             Input::Signal(sig) => self.on_signal(sig, now, &mut out),
-            Input::Exited { pid, code } => self.on_exit(pid, code, now, &mut out),
-            Input::Spawned(pid) => self.on_spawned(pid, now, &mut out),
+            Input::Exited { pid, code } => {
+                let held = self.held.remove(&pid).unwrap_or_default();
+                self.on_exit(pid, code, now, &mut out);
+                self.release_unused(held, &mut out);
+            }
+            Input::Spawned(pid) => {
+                self.held.insert(pid, tags(&self.values));
+                self.on_spawned(pid, now, &mut out);
+            }
             Input::SpawnFailed { code } => self.on_spawn_failed(code, now, &mut out),
-            Input::Resolved(resolution) => self.on_resolved(resolution, now, &mut out),
+            Input::Resolved(resolution) => {
+                let issued = tags(&resolution.vars);
+                self.on_resolved(resolution, now, &mut out);
+                self.release_unused(issued, &mut out);
+            }
             Input::Probed { pid, ready } => self.on_probed(pid, ready, now, &mut out),
             Input::Notified { pid } => self.on_ready(pid, now, &mut out),
+            Input::Expiring(tag) => self.on_expiring(tag),
             Input::Tick => {}
         }
         self.advance(now, &mut out);
+        // One release of each credential, however many ways it became unused.
+        let mut released = BTreeSet::new();
+        out.retain_mut(|a| match a {
+            Action::Release(tags) => {
+                tags.retain(|t| released.insert(*t));
+                !tags.is_empty()
+            }
+            _ => true,
+        });
         out
     }
 
@@ -345,12 +381,48 @@ impl Policy {
                 pid: new,
                 kill_at: Some(now + self.run.stop_timeout),
             });
-            self.discard(new);
+            self.discard(new, out);
         }
         if self.child.is_none() && self.ending.is_empty() {
             // Between a crash and its restart: nothing to stop, so stop here.
             self.finished.get_or_insert(self.last_code);
         }
+    }
+
+    /// A credential of the current values must be replaced: the next reload issues it anew.
+    fn on_expiring(&mut self, tag: u64) {
+        if self.stopping || !tags(&self.values).contains(&tag) {
+            return;
+        }
+        if self.pending.is_none() {
+            tracing::info!("an issued credential is near its end; reloading to replace it");
+        }
+        self.pending.get_or_insert(Trigger::Lease);
+    }
+
+    /// Releases those of `candidates` that no live child holds and the next child will not get.
+    fn release_unused(&mut self, candidates: BTreeSet<u64>, out: &mut Vec<Action>) {
+        if candidates.is_empty() {
+            return;
+        }
+        let mut used = tags(&self.values);
+        if let Task::Trying { previous, .. } = &self.task {
+            used.extend(tags(previous));
+        }
+        for held in self.held.values().chain(self.later.iter().map(|(_, t)| t)) {
+            used.extend(held);
+        }
+        let unused: Vec<u64> = candidates.difference(&used).copied().collect();
+        if !unused.is_empty() {
+            out.push(Action::Release(unused));
+        }
+    }
+
+    /// The values the next child gets are now `values`; those replaced are released if
+    /// nobody holds them.
+    fn set_values(&mut self, values: Vec<ResolvedVar>, out: &mut Vec<Action>) {
+        let old = std::mem::replace(&mut self.values, values);
+        self.release_unused(tags(&old), out);
     }
 
     fn on_exit(&mut self, pid: Pid, code: u8, now: Instant, out: &mut Vec<Action>) {
@@ -374,7 +446,7 @@ impl Policy {
                     pid: pid.as_raw(),
                     code,
                 }));
-                self.discard(new);
+                self.discard(new, out);
                 out.push(Action::WriteFiles);
                 self.end_task(now);
                 return;
@@ -398,7 +470,7 @@ impl Policy {
             self.finished = Some(code);
             if let Task::Trying { new: Some(new), .. } = self.task {
                 self.stop(new, now, out);
-                self.discard(new);
+                self.discard(new, out);
             }
             return;
         }
@@ -510,7 +582,7 @@ impl Policy {
         match self.task {
             Task::Trying { old, .. } => {
                 tracing::error!("the new child cannot start; the old one keeps running");
-                self.discard(old);
+                self.discard(old, out);
                 out.push(Action::WriteFiles);
                 self.end_task(now);
             }
@@ -585,7 +657,7 @@ impl Policy {
         }));
         if unchanged && self.run.restart == Restart::OnChange {
             tracing::info!("reload: no secret changed; nothing restarted");
-            self.values = vars;
+            self.set_values(vars, out);
             return;
         }
         tracing::info!(policy = ?self.run.on_change, "reload: applying new values");
@@ -594,13 +666,19 @@ impl Policy {
         out.push(Action::WriteFiles);
         match self.run.on_change {
             OnChange::Restart => {
-                self.values = vars;
+                self.set_values(vars, out);
                 self.child = None;
                 self.task = Task::Replacing { old: child.pid };
                 self.stop(child.pid, now, out);
             }
             OnChange::Signal => {
-                self.values = vars;
+                // The child is told to use the new values: the credentials it had are released
+                // once it has had stop_timeout to let go of them.
+                let new = tags(&vars);
+                if let Some(old) = self.held.insert(child.pid, new) {
+                    self.later.push((now + self.run.stop_timeout, old));
+                }
+                self.set_values(vars, out);
                 let signal = self.run.child_signal;
                 out.push(Action::Send {
                     pid: child.pid,
@@ -638,7 +716,7 @@ impl Policy {
         }));
         match resolution.into_complete() {
             Ok(vars) => {
-                self.values = vars;
+                self.set_values(vars, out);
                 self.confirmed = now;
             }
             Err(failure) => {
@@ -735,7 +813,7 @@ impl Policy {
             "the new child did not become ready; it is stopped and the old one keeps running"
         );
         self.stop(new, now, out);
-        self.discard(new);
+        self.discard(new, out);
         // The old child keeps its values, and its files their content.
         out.push(Action::WriteFiles);
     }
@@ -755,9 +833,9 @@ impl Policy {
 
     /// The child being tried out is not taken: the values go back to the old child's, and the
     /// task waits for it to end when it is being stopped.
-    fn discard(&mut self, new: Pid) {
+    fn discard(&mut self, new: Pid, out: &mut Vec<Action>) {
         if let Task::Trying { previous, .. } = std::mem::replace(&mut self.task, Task::Idle) {
-            self.values = previous;
+            self.set_values(previous, out);
             if self.ending.iter().any(|e| e.pid == new) {
                 self.task = Task::Discarding { new };
             }
@@ -772,6 +850,13 @@ impl Policy {
 
     /// Fires what has fallen due by `now`, and starts the next task when none runs.
     fn advance(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.later = later;
+        for (_, tags) in due {
+            self.release_unused(tags, out);
+        }
         for e in &mut self.ending {
             if e.kill_at.is_some_and(|at| at <= now) {
                 tracing::warn!(
@@ -857,6 +942,11 @@ impl Policy {
         let after_reload = self.last_reload.map(|t| t + gap);
         [after_restart, after_reload].into_iter().flatten().max()
     }
+}
+
+/// The issued credentials `vars` use.
+fn tags(vars: &[ResolvedVar]) -> BTreeSet<u64> {
+    vars.iter().filter_map(|v| v.lease).collect()
 }
 
 /// The names of the variables whose value (or presence) differs.

@@ -25,6 +25,7 @@ fn var(value: &str) -> ResolvedVar {
         path: "token".into(),
         version: None,
         about: None,
+        lease: None,
         outcome: Outcome::Value(SecretString::from(value)),
     }
 }
@@ -34,7 +35,35 @@ fn found(value: &str) -> Resolution {
     Resolution {
         vars: vec![var(value)],
         backend_failures: Vec::new(),
+        issued: Vec::new(),
     }
+}
+
+/// A value of the issued credential `tag`.
+fn leased_var(value: &str, tag: u64) -> ResolvedVar {
+    ResolvedVar {
+        lease: Some(tag),
+        ..var(value)
+    }
+}
+
+/// A resolve whose value belongs to the issued credential `tag`.
+fn issued(value: &str, tag: u64) -> Resolution {
+    Resolution {
+        vars: vec![leased_var(value, tag)],
+        ..found(value)
+    }
+}
+
+fn released(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Release(tags) => Some(tags.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// A resolve whose backend could not be reached.
@@ -49,6 +78,7 @@ fn outage() -> Resolution {
             error,
             vars: vec![EnvName::parse("TOKEN").unwrap()],
         }],
+        issued: Vec::new(),
     }
 }
 
@@ -78,6 +108,22 @@ impl Sim {
         let mut run = RunConfig::default();
         change(&mut run);
         Sim::new(run)
+    }
+
+    /// Its first child (PID 100) holds the issued credential 1.
+    fn leased(change: impl FnOnce(&mut RunConfig)) -> Sim {
+        let mut run = RunConfig::default();
+        change(&mut run);
+        let t0 = Instant::now();
+        let mut sim = Sim {
+            policy: Policy::new(run, vec![leased_var("u1", 1)], false, t0, |d| d, false),
+            t0,
+            now: t0,
+            next_pid: 100,
+        };
+        sim.feed(Input::Spawned(pid(100)));
+        sim.next_pid = 101;
+        sim
     }
 
     /// Moves the clock to `secs` after the start, firing every deadline on the way.
@@ -685,4 +731,133 @@ fn the_service_manager_hears_ready_reloading_ready_and_stopping() {
     // Without a manager, nothing is told.
     let mut sim = Sim::new(RunConfig::default());
     assert!(tells(&sim.feed(Input::Signal(SIGHUP))).is_empty());
+}
+
+fn ready_in_30s() -> Option<Ready> {
+    Some(Ready {
+        tcp: Some("127.0.0.1:1".into()),
+        cmd: None,
+        notify: false,
+        timeout: Duration::from_secs(30),
+    })
+}
+
+#[test]
+fn an_expiring_credential_is_replaced_by_overlap_and_released_once_the_old_child_is_gone() {
+    let mut sim = Sim::leased(|r| {
+        r.on_change = OnChange::Overlap;
+        r.ready = ready_in_30s();
+    });
+    let out = sim.feed(Input::Expiring(1));
+    assert_eq!(resolves(&out), 1, "{out:?}");
+    let out = sim.feed(Input::Resolved(issued("u2", 2)));
+    assert!(events(&out).contains(&&Event::Reload {
+        trigger: Trigger::Lease,
+        outcome: ReloadOutcome::Changed(vec!["TOKEN".into()])
+    }));
+    assert_eq!(spawns(&out), 1);
+    assert!(released(&out).is_empty(), "both children run: {out:?}");
+    let out = sim.feed(Input::Probed {
+        pid: pid(101),
+        ready: true,
+    });
+    assert_eq!(sent(&out), vec![(100, SIGTERM)]);
+    assert!(
+        released(&out).is_empty(),
+        "the old child still runs: {out:?}"
+    );
+    let out = sim.feed(Input::Exited {
+        pid: pid(100),
+        code: 143,
+    });
+    assert_eq!(released(&out), vec![1]);
+    // At the end, the new one is the driver's to revoke, not released before.
+    let out = sim.feed(Input::Signal(SIGTERM));
+    let out2 = sim.feed(Input::Exited {
+        pid: pid(101),
+        code: 143,
+    });
+    assert!(released(&out).is_empty() && !released(&out2).contains(&1));
+    assert_eq!(sim.policy.exit_code(), Some(143));
+}
+
+#[test]
+fn a_new_credential_whose_child_is_not_taken_is_released_and_the_old_one_kept() {
+    let mut sim = Sim::leased(|r| {
+        r.on_change = OnChange::Overlap;
+        r.ready = ready_in_30s();
+    });
+    sim.feed(Input::Expiring(1));
+    sim.feed(Input::Resolved(issued("u2", 2)));
+    let out = sim.feed(Input::Exited {
+        pid: pid(101),
+        code: 1,
+    });
+    assert_eq!(released(&out), vec![2]);
+    assert_eq!(sim.value(), "u1");
+    assert_eq!(sim.policy.child(), Some(pid(100)));
+}
+
+#[test]
+fn restart_releases_the_old_credential_when_the_old_child_has_ended() {
+    let mut sim = Sim::leased(|_| {});
+    sim.feed(Input::Expiring(1));
+    let out = sim.feed(Input::Resolved(issued("u2", 2)));
+    assert_eq!(sent(&out), vec![(100, SIGTERM)]);
+    assert!(released(&out).is_empty());
+    let out = sim.feed(Input::Exited {
+        pid: pid(100),
+        code: 143,
+    });
+    assert_eq!(released(&out), vec![1]);
+    assert_eq!(spawns(&out), 1);
+}
+
+#[test]
+fn signal_releases_the_old_credential_after_stop_timeout() {
+    let mut sim = Sim::leased(|r| {
+        r.on_change = OnChange::Signal;
+        r.stop_timeout = Duration::from_secs(5);
+    });
+    sim.feed(Input::Expiring(1));
+    let out = sim.feed(Input::Resolved(issued("u2", 2)));
+    assert_eq!(sent(&out), vec![(100, SIGHUP)]);
+    assert!(released(&out).is_empty());
+    assert!(released(&sim.at(4.9)).is_empty());
+    assert_eq!(released(&sim.at(5.1)), vec![1]);
+}
+
+#[test]
+fn a_reload_that_keeps_the_credential_changes_nothing_and_releases_nothing() {
+    let mut sim = Sim::leased(|r| r.watch = Some(Duration::from_secs(10)));
+    let out = sim.at(10.0);
+    assert_eq!(resolves(&out), 1);
+    let out = sim.feed(Input::Resolved(issued("u1", 1)));
+    assert!(released(&out).is_empty(), "{out:?}");
+    assert!(sent(&out).is_empty());
+}
+
+#[test]
+fn a_failed_replacement_keeps_the_child_and_what_the_resolve_issued_is_released() {
+    let mut sim = Sim::leased(|_| {});
+    sim.feed(Input::Expiring(1));
+    // One credential was issued, another secret failed: the new one is of no use.
+    let mut partial = outage();
+    partial.vars.push(ResolvedVar {
+        name: EnvName::parse("DB").unwrap(),
+        ..leased_var("u2", 2)
+    });
+    let out = sim.feed(Input::Resolved(partial));
+    assert_eq!(released(&out), vec![2]);
+    assert!(sent(&out).is_empty());
+    assert_eq!(sim.value(), "u1");
+    // Asked again (the keeper repeats it), the replacement is tried again.
+    sim.at(2.0);
+    assert_eq!(resolves(&sim.feed(Input::Expiring(1))), 1);
+}
+
+#[test]
+fn an_expiring_credential_nobody_uses_any_more_asks_for_nothing() {
+    let mut sim = Sim::leased(|_| {});
+    assert_eq!(resolves(&sim.feed(Input::Expiring(7))), 0);
 }
