@@ -235,6 +235,7 @@ fn compose(plan: &Plan, resolution: &mut Resolution) {
     }
     let mut context: BTreeMap<String, Zeroizing<String>> = BTreeMap::new();
     let mut failed: HashMap<String, ErrorKind> = HashMap::new();
+    let mut unissued: BTreeSet<String> = BTreeSet::new();
     let as_file: BTreeSet<&EnvName> = plan
         .vars
         .iter()
@@ -254,12 +255,19 @@ fn compose(plan: &Plan, resolution: &mut Resolution) {
             Outcome::Failed(e) => {
                 failed.insert(v.name.to_string(), e.kind);
             }
-            Outcome::Absent | Outcome::Unissued => {}
+            Outcome::Unissued => {
+                unissued.insert(v.name.to_string());
+            }
+            Outcome::Absent => {}
         }
     }
     for t in &plan.templates {
         let broken = t.uses.iter().find_map(|n| failed.get(n).map(|k| (n, *k)));
         let outcome = match broken {
+            None if t.uses.iter().any(|n| unissued.contains(n)) => {
+                unissued.insert(t.name.to_string());
+                Outcome::Unissued
+            }
             Some((input, kind)) => Outcome::Failed(SecretError::new(
                 kind,
                 format!("the template uses `{input}`, which did not resolve"),

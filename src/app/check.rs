@@ -38,8 +38,19 @@ pub fn run(global: &Global, json: bool, issue: bool, interrupts: &Interrupts) ->
             .vars
             .iter()
             .any(|v| matches!(v.outcome, Outcome::Unissued));
-    // Their outcomes are logged; a check keeps no audit log.
-    let _ = crate::launch::leases::revoke_blocking(issued);
+    let count = issued.len();
+    let revoked = crate::launch::leases::revoke_blocking(issued)
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                crate::audit::Event::Lease {
+                    what: crate::audit::LeaseEvent::Revoke,
+                    ..
+                }
+            )
+        })
+        .count();
     let rows: Vec<Row> = resolution
         .vars
         .iter()
@@ -108,6 +119,12 @@ pub fn run(global: &Global, json: bool, issue: bool, interrupts: &Interrupts) ->
         render_json(global, &rows, &files, code)
     } else {
         let mut text = render_table(&rows) + &render_files(&files);
+        if count > 0 {
+            // Certificates have no lease to revoke: they stay valid until their notAfter.
+            text.push_str(&format!(
+                "\n--issue: {count} credential(s) issued for this check; {revoked} lease(s) revoked\n"
+            ));
+        }
         if dynamic {
             text.push_str(DYNAMIC_NOTE);
         }

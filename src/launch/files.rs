@@ -16,7 +16,7 @@ use secrecy::zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::manifest::deliver::PlannedContent;
 use crate::manifest::plan::Plan;
-use crate::resolve::ResolvedVar;
+use crate::resolve::{Outcome, ResolvedVar};
 
 /// The files of one run.
 #[derive(Debug)]
@@ -129,9 +129,17 @@ impl<'a> Files<'a> {
                 .find(|v| v.name.as_str() == name)
                 .and_then(ResolvedVar::value)
         };
+        // Issuing endpoints `check` did not read: nothing to render from them, nothing wrong.
+        let unissued = |name: &str| {
+            vars.iter()
+                .any(|v| v.name.as_str() == name && matches!(v.outcome, Outcome::Unissued))
+        };
         let mut out = Vec::new();
         for v in plan.vars.iter() {
             let Some(mode) = v.as_file else { continue };
+            if unissued(v.name.as_str()) {
+                continue;
+            }
             let path = plan.file_of(&v.name);
             let r = match value_of(v.name.as_str()) {
                 Some(value) => Ok(Rendered {
@@ -152,6 +160,7 @@ impl<'a> Files<'a> {
             .filter_map(|v| {
                 let shown = match env.get(v.name.as_str()) {
                     Some(path) => path.clone(),
+                    None if matches!(v.outcome, Outcome::Unissued) => "(not issued)".to_owned(),
                     None => v.value()?.expose_secret().to_owned(),
                 };
                 Some((v.name.to_string(), Zeroizing::new(shown)))
@@ -159,6 +168,9 @@ impl<'a> Files<'a> {
             .collect();
         for f in &plan.files {
             let path = self.target(&f.target, f.private);
+            if matches!(&f.content, PlannedContent::Source(name) if unissued(name.as_str())) {
+                continue;
+            }
             let bytes = match &f.content {
                 PlannedContent::Source(name) => value_of(name.as_str())
                     .map(|v| Zeroizing::new(v.expose_secret().as_bytes().to_vec()))

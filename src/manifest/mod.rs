@@ -177,7 +177,6 @@ struct RawEntry {
     path: Option<String>,
     key: Option<String>,
     version: Option<toml::Value>,
-    params: Option<toml::Table>,
     optional: Option<bool>,
     default: Option<String>,
     as_file: Option<bool>,
@@ -185,6 +184,7 @@ struct RawEntry {
     owner: Option<String>,
     group: Option<String>,
     template: Option<String>,
+    params: Option<toml::Table>,
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@
 #[cfg(feature = "aws")]
 mod aws;
 mod check_init;
+mod dynamic;
 mod exit_codes;
 mod files;
 mod hardening;
@@ -20,6 +21,7 @@ mod moto;
 mod no_leak;
 #[cfg(feature = "vault")]
 mod openbao;
+mod postgres;
 mod redact;
 mod rotation;
 mod support;

@@ -190,10 +190,10 @@ fn issued(reply: &Reply, path: &str) -> Result<Fetched, SecretError> {
         #[serde(borrow)]
         data: Option<&'a RawValue>,
     }
+    // Owned: the PEM's line breaks are escaped in the JSON. A certificate is public.
     #[derive(Deserialize)]
-    struct Certificate<'a> {
-        #[serde(borrow)]
-        certificate: Option<&'a str>,
+    struct Certificate {
+        certificate: Option<String>,
     }
     let body: Body = serde_json::from_slice(&reply.body).map_err(|e| {
         SecretError::unavailable(format!(
@@ -217,11 +217,13 @@ fn issued(reply: &Reply, path: &str) -> Result<Fetched, SecretError> {
         serde_json::from_str::<Certificate>(data.get())
             .ok()
             .and_then(|c| c.certificate)
-            .and_then(validity)
-            .map(|(starts, ends)| Lease {
+            .and_then(|pem| validity(&pem))
+            .map(|(not_before, ends)| Lease {
                 id: None,
                 renewable: false,
-                starts,
+                // PKI backdates notBefore (30 s by default): measured from then, a short-lived
+                // certificate would be due for replacement the moment it arrives.
+                starts: not_before.max(SystemTime::now()).min(ends),
                 ends,
             })
     };
