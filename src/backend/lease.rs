@@ -50,6 +50,9 @@ pub struct Lease {
     pub starts: SystemTime,
     /// When it stops working.
     pub ends: SystemTime,
+    /// The login whose token issued it, and that token's end: Vault revokes a token's leases
+    /// when the token ends, whatever their own TTL. `None`: not known to end (a given token).
+    pub bound: Option<(u64, SystemTime)>,
 }
 
 impl Lease {
@@ -61,6 +64,7 @@ impl Lease {
             renewable,
             starts: now,
             ends: now + duration,
+            bound: None,
         }
     }
 

@@ -229,6 +229,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
         })
     }
 
+    /// The current login's number and its token's end (see `Lease::bound`).
+    fn token_end(&self) -> Option<(u64, std::time::SystemTime)> {
+        None
+    }
+
     /// Leases no child uses any more are revoked (`revoke = false` on a vault backend: left to
     /// expire).
     fn revokes(&self) -> bool {

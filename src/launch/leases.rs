@@ -49,11 +49,39 @@ struct Held {
     next: Option<SystemTime>,
     failures: u32,
     expired_told: bool,
+    /// When to look next whether the token that issued it was replaced.
+    token_check: Option<SystemTime>,
 }
 
 impl Held {
     fn record(&self) -> LeaseRecord {
         record(&self.issued)
+    }
+
+    /// `Some(true)` once a new login replaced the token that issued it: Vault revokes the
+    /// lease when that token ends, whatever the lease's own TTL, so it is replaced now.
+    fn token_replaced(&self) -> Option<bool> {
+        let (login, _) = self.issued.lease.bound?;
+        let current = self.issued.handle.backend.token_end();
+        Some(current.is_none_or(|(now, _)| now != login))
+    }
+
+    /// When next to look whether its token was replaced: a quarter of the current token's
+    /// remaining life from now (secret-run logs in again at two thirds of it), at least 1 s.
+    fn token_wake(&self, now: SystemTime) -> Option<SystemTime> {
+        self.issued.lease.bound?;
+        let (_, end) = self.issued.handle.backend.token_end()?;
+        let left = end.duration_since(now).unwrap_or_default();
+        Some(now + (left / 4).max(Duration::from_secs(1)))
+    }
+
+    /// When it next needs something.
+    fn due(&self) -> Option<SystemTime> {
+        let token = match self.phase {
+            Phase::Live => self.token_check,
+            Phase::Replacing => None,
+        };
+        [self.next, token].into_iter().flatten().min()
     }
 }
 
@@ -137,14 +165,16 @@ impl Leases {
             let lease = &i.lease;
             tracing::info!(lease = %label(lease, &i.request.path), backend = %i.backend, "issued: {}", lease.about());
             notes.push(Note::Audit(issue_event(&i, vars)));
-            let held = Held {
+            let mut held = Held {
                 wanted: lease.duration(),
                 next: Some(lease.act_at()),
                 phase: Phase::Live,
                 failures: 0,
                 expired_told: false,
+                token_check: None,
                 issued: i,
             };
+            held.token_check = held.token_wake(SystemTime::now());
             self.held.insert(held.issued.tag, held);
         }
         notes
@@ -177,7 +207,7 @@ impl Leases {
         let now = SystemTime::now();
         self.held
             .values()
-            .filter_map(|h| h.next)
+            .filter_map(Held::due)
             .min()
             .map(|at| Instant::now() + at.duration_since(now).unwrap_or_default())
     }
@@ -187,6 +217,13 @@ impl Leases {
         let now = SystemTime::now();
         let mut notes = Vec::new();
         for (tag, h) in &mut self.held {
+            if matches!(h.phase, Phase::Live) && h.token_check.is_some_and(|at| at <= now) {
+                if h.token_replaced() == Some(true) {
+                    notes.extend(h.replace(*tag, "token-replaced", now));
+                    continue;
+                }
+                h.token_check = h.token_wake(now);
+            }
             if h.next.is_none_or(|at| at > now) {
                 continue;
             }

@@ -580,3 +580,73 @@ fn nginx_serves_a_pki_certificate_that_is_re_issued_before_it_expires() {
     );
     assert!(!events(&records, "signal").is_empty());
 }
+
+#[test]
+fn credentials_issued_under_a_login_are_replaced_when_a_new_login_replaces_its_token() {
+    let bao = crate::openbao::shared();
+    let p = Project::new();
+    let db = database(bao, &p, "1m", "5m");
+    // A token that lives 6 s and cannot be renewed past that: secret-run logs in again at
+    // about 4 s, and Vault revokes the first token's leases when it ends at 6 s.
+    let auth = unique("approle");
+    let role = unique("dynrole");
+    bao.ok(&["auth", "enable", &format!("-path={auth}"), "approle"]);
+    bao.policy(
+        &role,
+        &format!(
+            "path \"{}/creds/app\" {{ capabilities = [\"read\"] }}\npath \"sys/leases/revoke\" {{ capabilities = [\"update\"] }}\n",
+            db.mount
+        ),
+    );
+    bao.ok(&[
+        "write",
+        &format!("auth/{auth}/role/{role}"),
+        &format!("token_policies={role}"),
+        "token_ttl=6s",
+        "token_max_ttl=6s",
+    ]);
+    bao.ok(&[
+        "write",
+        &format!("auth/{auth}/role/{role}/role-id"),
+        &format!("role_id={role}-id"),
+    ]);
+    bao.ok(&[
+        "write",
+        &format!("auth/{auth}/role/{role}/custom-secret-id"),
+        "secret_id=dyn-secret-id",
+    ]);
+    p.write("secret-id", "dyn-secret-id");
+    let manifest = db.manifest("").replace(
+        "kind = \"vault\"\n",
+        &format!(
+            "kind = \"vault\"\nauth = {{ method = \"approle\", mount = \"{auth}\", role_id = \"{role}-id\", secret_id_file = \"secret-id\" }}\n"
+        ),
+    );
+    p.write("secrets.toml", &manifest);
+    let service = service(&p, &db);
+    let run = Supervised::start_env(
+        &p,
+        &["--", service.to_str().unwrap()],
+        &[("VAULT_ADDR", bao.addr.as_str())],
+    );
+    wait_until(
+        "credentials from the second login",
+        Duration::from_secs(20),
+        || users(&p).len() >= 2,
+    );
+    let [first, second] = [users(&p)[0].clone(), users(&p)[1].clone()];
+    wait_until("the first user to be gone", Duration::from_secs(10), || {
+        !db.issued_users().contains(&first)
+    });
+    // Well past the first token's end: the service still logs in, with the second user.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(db.issued_users().contains(&second) || users(&p).len() > 2);
+    run.stop_expecting(0);
+    let records = audit(&p);
+    assert!(
+        events(&records, "lease-expiring")
+            .iter()
+            .any(|r| r["reason"] == "token-replaced"),
+        "{records:?}"
+    );
+}

@@ -160,6 +160,9 @@ pub struct Auth {
     config: AuthConfig,
     base_dir: PathBuf,
     session: Mutex<Option<Session>>,
+    /// Which login the current token came from, and when it ends: Vault revokes every lease a
+    /// token created when the token ends, so issued credentials must not outlive it.
+    login: std::sync::Mutex<Option<(u64, std::time::SystemTime)>>,
 }
 
 impl Auth {
@@ -168,7 +171,33 @@ impl Auth {
             config,
             base_dir: base_dir.to_owned(),
             session: Mutex::new(None),
+            login: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The current login's number and its token's end, when secret-run logged in for a token
+    /// with a TTL (a given token's end is not known, and a root-like one has none).
+    pub fn token_end(&self) -> Option<(u64, std::time::SystemTime)> {
+        *self
+            .login
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records a new token (`fresh`: from a login, not a renewal) and when it ends.
+    fn note(&self, session: &Session, fresh: bool) {
+        let mut login = self
+            .login
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let number = login.map_or(0, |(n, _)| n) + u64::from(fresh);
+        *login = session.lease.filter(|l| !l.ttl.is_zero()).map(|l| {
+            (
+                number,
+                std::time::SystemTime::now()
+                    + l.expires().saturating_duration_since(Instant::now()),
+            )
+        });
     }
 
     pub fn consumed_env(&self) -> Vec<String> {
@@ -198,6 +227,7 @@ impl Auth {
             _ => self.login(http, deadline).await?,
         };
         let token = new.token.clone();
+        self.note(&new, true);
         *session = Some(new);
         Ok(token)
     }
@@ -389,10 +419,12 @@ impl Auth {
                             ttl_s = new.lease.map_or(0, |n| n.ttl.as_secs()),
                             "Vault token renewed"
                         );
-                        *session = Some(Session {
+                        let renewed = Session {
                             token: s.token.clone(),
                             lease: new.lease,
-                        });
+                        };
+                        self.note(&renewed, false);
+                        *session = Some(renewed);
                         return Ok(());
                     }
                     Ok(_) => {
@@ -403,6 +435,7 @@ impl Auth {
             }
         }
         let new = self.login(http, deadline).await?;
+        self.note(&new, true);
         *session = Some(new);
         tracing::debug!("logged in again for a new Vault token");
         Ok(())

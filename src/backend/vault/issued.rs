@@ -52,7 +52,12 @@ impl VaultBackend {
             "read"
         };
         match reply.status.as_u16() {
-            200 => issued(&reply, path),
+            200 => issued(&reply, path).map(|mut f| {
+                if let Some(lease) = f.lease.as_mut().filter(|l| l.id.is_some()) {
+                    lease.bound = self.auth.token_end();
+                }
+                f
+            }),
             204 => Err(SecretError::not_found(format!(
                 "`{path}` answered with no data: it issues nothing"
             ))),
@@ -225,6 +230,7 @@ fn issued(reply: &Reply, path: &str) -> Result<Fetched, SecretError> {
                 // certificate would be due for replacement the moment it arrives.
                 starts: not_before.max(SystemTime::now()).min(ends),
                 ends,
+                bound: None,
             })
     };
     let about = lease.as_ref().map(Lease::about);

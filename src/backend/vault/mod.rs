@@ -195,6 +195,10 @@ impl Backend for VaultBackend {
     fn revokes(&self) -> bool {
         self.revoke
     }
+
+    fn token_end(&self) -> Option<(u64, std::time::SystemTime)> {
+        self.auth.token_end()
+    }
 }
 
 impl RemoteRead for VaultBackend {
