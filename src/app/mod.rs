@@ -115,10 +115,13 @@ fn launch_command(
                 return Err(e);
             }
         };
-        unkept(issued, &vars, &mut audit);
+        unkept(&issued, &vars, &mut audit);
         // The command must not inherit blocked signals.
         drop(interrupts);
-        files.write(&vars)?;
+        if let Err(e) = files.write(&vars) {
+            launch::leases::revoke_blocking(issued);
+            return Err(e);
+        }
         // The command reads them after secret-run is gone.
         files.keep();
         let mut cmd = launch::child_command(
@@ -153,7 +156,10 @@ fn launch_command(
         // Still non-dumpable until the execve, which makes the command dumpable again.
         crate::protect::restore_core_limit()
             .map_err(Error::os("restore the core-file limit for the command"))?;
-        return Err(exec::exec(cmd, &target));
+        let failed = exec::exec(cmd, &target);
+        // Still here: the command did not start, and nothing will use what was issued for it.
+        launch::leases::revoke_blocking(issued);
+        return Err(failed);
     }
     // One runtime for the resolve and the supervision: the HTTP connections a backend opened,
     // and the tokens it obtained, stay usable for renewal and reloads while the child runs.
@@ -178,8 +184,18 @@ fn launch_command(
                 return Err(e);
             }
         };
-        files.write(&vars)?;
-        let redirect = start_redaction(redact, &vars, &plan)?;
+        let redirect = match files
+            .write(&vars)
+            .and_then(|_| start_redaction(redact, &vars, &plan))
+        {
+            Ok(redirect) => redirect,
+            Err(e) => {
+                for event in launch::leases::revoke_now(issued).await {
+                    audit.record(event);
+                }
+                return Err(e);
+            }
+        };
         let keepers: Vec<_> = plan
             .backends
             .values()
@@ -255,7 +271,7 @@ fn start_redaction(
 
 /// `--exec`: the command replaces secret-run, so nothing renews or revokes what was issued for
 /// it; said once per credential, with when it ends.
-fn unkept(issued: Vec<resolve::Issued>, vars: &[resolve::ResolvedVar], audit: &mut Audit) {
+fn unkept(issued: &[resolve::Issued], vars: &[resolve::ResolvedVar], audit: &mut Audit) {
     let names = launch::leases::vars_of(vars);
     for i in issued {
         let label = launch::leases::label(&i.lease, &i.request.path);
@@ -264,7 +280,7 @@ fn unkept(issued: Vec<resolve::Issued>, vars: &[resolve::ResolvedVar], audit: &m
             "--exec: an issued credential is not renewed or revoked (nothing stays to do it); {}",
             i.lease.about()
         );
-        audit.record(launch::leases::issue_event(&i, &names));
+        audit.record(launch::leases::issue_event(i, &names));
     }
 }
 

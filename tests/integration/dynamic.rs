@@ -371,6 +371,11 @@ fn exec_injects_issued_credentials_and_warns_that_nothing_renews_or_revokes_them
     // Left to its TTL: the user is still there after the command ended.
     assert_eq!(db.issued_users().len(), 1);
     assert_eq!(db.leases(bao).len(), 1);
+    // A command that cannot start uses nothing: what was issued for it is revoked.
+    p.run_env(&["--exec", "--", "./no-such-command"], &env(bao))
+        .code(127);
+    assert_eq!(db.issued_users().len(), 1, "{:?}", db.issued_users());
+    assert_eq!(db.leases(bao).len(), 1);
 }
 
 #[test]
