@@ -371,11 +371,34 @@ fn exec_injects_issued_credentials_and_warns_that_nothing_renews_or_revokes_them
     // Left to its TTL: the user is still there after the command ended.
     assert_eq!(db.issued_users().len(), 1);
     assert_eq!(db.leases(bao).len(), 1);
+    // At trace level too, neither the password nor the lease id appears in secret-run's output.
+    let r = p.run_env(
+        &[
+            "-vvv",
+            "--exec",
+            "--",
+            "sh",
+            "-c",
+            "printf %s \"$DB_PASSWORD\" > pw; printf %s \"$DB_USER\" > user",
+        ],
+        &env(bao),
+    );
+    r.code(0);
+    let (password, user) = (
+        std::fs::read_to_string(p.path("pw")).unwrap(),
+        std::fs::read_to_string(p.path("user")).unwrap(),
+    );
+    assert!(password.len() > 8 && user.starts_with("v-"));
+    for lease in db.leases(bao) {
+        assert!(!r.stderr.contains(&lease), "the lease id leaked");
+    }
+    assert!(!r.stderr.contains(&password) && !r.stderr.contains(&user));
+    assert!(r.stderr.contains("TRACE"), "trace level was on");
     // A command that cannot start uses nothing: what was issued for it is revoked.
     p.run_env(&["--exec", "--", "./no-such-command"], &env(bao))
         .code(127);
-    assert_eq!(db.issued_users().len(), 1, "{:?}", db.issued_users());
-    assert_eq!(db.leases(bao).len(), 1);
+    assert_eq!(db.issued_users().len(), 2, "{:?}", db.issued_users());
+    assert_eq!(db.leases(bao).len(), 2);
 }
 
 #[test]
