@@ -169,6 +169,9 @@ pub enum Event {
     },
     /// The child `pid` was started with these issued credentials.
     LeaseUse { pid: i32, leases: Vec<String> },
+    /// A backend was unavailable at start: these variables came from the cache, confirmed
+    /// this many seconds ago.
+    CacheServe { vars: Vec<(String, u64)> },
 }
 
 /// An issued credential as the log names it: never its id's secret part, never a value.
@@ -305,6 +308,13 @@ impl Event {
             }
             Event::LeaseUse { pid, leases } => {
                 ("lease-use", object(json!({ "pid": pid, "leases": leases })))
+            }
+            Event::CacheServe { vars } => {
+                let vars: Vec<Value> = vars
+                    .iter()
+                    .map(|(var, age_s)| json!({ "var": var, "age_s": age_s }))
+                    .collect();
+                ("cache-serve", object(json!({ "vars": vars })))
             }
         }
     }

@@ -32,7 +32,7 @@ See docs/lifecycle.md.";
     name = "secret-run",
     version,
     after_help = AFTER_HELP,
-    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|scan|init|completions>"
+    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|scan|init|cache|completions>"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -58,6 +58,11 @@ pub struct Cli {
     /// Overrides `[run] redact`.
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "auto", value_enum)]
     pub redact: Option<crate::manifest::run::Redact>,
+
+    /// Neither read nor write the `[cache]` of last-known-good values: a backend outage at
+    /// start fails the start.
+    #[arg(long)]
+    pub no_cache: bool,
 
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD", num_args = 0..)]
@@ -142,6 +147,11 @@ pub enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// The encrypted cache of last-known-good values (`[cache]` in the manifest).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -150,6 +160,24 @@ pub enum Sub {
     /// Print the man page (roff).
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Write a new age identity for `[cache] key_file` (mode 0600) and print its recipient.
+    Keygen {
+        /// Where to write it (default: the manifest's `[cache] key_file`).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace an existing file (the cache written with the old key becomes unreadable).
+        #[arg(long)]
+        force: bool,
+    },
+    /// For each variable: whether the cache holds it, how old it is, and whether it would be
+    /// served during an outage. Never a value.
+    Status,
+    /// Remove the cache file.
+    Clear,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, crate::error::Invalid> {

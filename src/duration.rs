@@ -36,6 +36,11 @@ pub fn parse(text: &str) -> Result<Duration, crate::error::Invalid> {
     Ok(d)
 }
 
+/// For `#[serde(deserialize_with)]` on a duration field.
+pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
 /// For `#[serde(deserialize_with)]` on an optional duration field.
 pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     Option::<String>::deserialize(d)?

@@ -91,6 +91,11 @@ pub enum Error {
     #[error("{0}")]
     Init(String),
 
+    /// The cache cannot be read for `cache status` (none yet, another key, corrupt): what a
+    /// start during an outage would meet.
+    #[error("{0}")]
+    Cache(String),
+
     /// A file to deliver cannot be made from the values (a template, an absent optional value).
     #[error("cannot render {}: {reason}", path.display())]
     Deliver { path: PathBuf, reason: String },
@@ -147,6 +152,7 @@ impl Error {
                 }
             }
             Error::Resolve(f) => f.exit_code(),
+            Error::Cache(_) => code::UNAVAILABLE,
             Error::Deliver { .. } => code::SECRET_MISSING,
             Error::CommandNotFound { .. } => code::COMMAND_NOT_FOUND,
             Error::CannotExecute { .. } => code::CANNOT_EXECUTE,

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod audit;
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod code;
 pub mod duration;

@@ -91,6 +91,15 @@ impl Kept {
 static NEXT_TAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Resolution {
+    /// Every required variable has a value (what `into_complete` would accept).
+    pub fn is_complete(&self) -> bool {
+        self.backend_failures.is_empty()
+            && !self
+                .vars
+                .iter()
+                .any(|v| matches!(v.outcome, Outcome::Failed(_)))
+    }
+
     /// `Err` with every problem when any required variable has no value.
     pub fn into_complete(self) -> Result<Vec<ResolvedVar>, ResolveFailure> {
         let failed_backends: BTreeSet<&str> = self
@@ -222,6 +231,13 @@ impl<'p> Round<'p> {
         }
         issued
     }
+}
+
+/// Renders the composed values again, after values were filled in from elsewhere (the cache).
+pub fn recompose(plan: &Plan, resolution: &mut Resolution) {
+    let composed: BTreeSet<&EnvName> = plan.templates.iter().map(|t| &t.name).collect();
+    resolution.vars.retain(|v| !composed.contains(&v.name));
+    compose(plan, resolution);
 }
 
 /// Renders the composed values (`template = "…"`), in the plan's order, from the values just

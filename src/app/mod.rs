@@ -1,6 +1,7 @@
 //! What each command does, from parsed arguments to an exit code: the top layer, the only one
 //! that knows the command line.
 
+mod cache;
 mod check;
 mod init;
 mod scan;
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             force,
             deadline(&cli.global),
         ),
+        Some(Sub::Cache { action }) => cache::run(&cli.global, action),
         Some(Sub::Completions { shell }) => {
             // Rendered into memory: clap_complete panics on a failed write to its writer.
             let mut out = Vec::new();
@@ -67,6 +69,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let opts = supervise::Options {
                 subreaper: cli.subreaper,
                 process_group: cli.process_group,
+                cache: !cli.no_cache,
             };
             launch_command(&cli.global, cli.exec, cli.redact, opts, cli.command)
         }
@@ -106,6 +109,7 @@ fn launch_command(
         let mut resolution = resolve::resolve_blocking(&plan, global.timeout, &interrupts)
             .inspect_err(|e| audit_interrupted(e, &mut audit))?;
         let issued = std::mem::take(&mut resolution.issued);
+        let served = cache::serve(&plan, opts.cache, &mut resolution, &mut audit);
         let vars = match audited_start(resolution, &mut audit) {
             Ok(vars) => vars,
             Err(e) => {
@@ -115,6 +119,7 @@ fn launch_command(
                 return Err(e);
             }
         };
+        cache::store(&plan, opts.cache, &vars, served.as_ref());
         unkept(&issued, &vars, &mut audit);
         // The command must not inherit blocked signals.
         drop(interrupts);
@@ -174,6 +179,7 @@ fn launch_command(
             .await
             .inspect_err(|e| audit_interrupted(e, &mut audit))?;
         let issued = std::mem::take(&mut resolution.issued);
+        let served = cache::serve(&plan, opts.cache, &mut resolution, &mut audit);
         let vars = match audited_start(resolution, &mut audit) {
             Ok(vars) => vars,
             Err(e) => {
@@ -184,6 +190,7 @@ fn launch_command(
                 return Err(e);
             }
         };
+        cache::store(&plan, opts.cache, &vars, served.as_ref());
         let redirect = match files
             .write(&vars)
             .and_then(|_| start_redaction(redact, &vars, &plan))

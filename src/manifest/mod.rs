@@ -41,6 +41,8 @@ pub struct Manifest {
     pub run: run::RunConfig,
     /// `[audit]`: where events are recorded; the path is resolved against the manifest's directory.
     pub audit: Option<run::AuditConfig>,
+    /// `[cache]`: the encrypted last-known-good values.
+    pub cache: Option<run::CacheConfig>,
 }
 
 /// The manifest's text, kept to turn byte offsets into lines and columns.
@@ -166,6 +168,7 @@ struct RawManifest {
     env: Option<Spanned<toml::Value>>,
     run: Option<Spanned<toml::Value>>,
     audit: Option<Spanned<toml::Value>>,
+    cache: Option<Spanned<toml::Value>>,
     #[serde(default)]
     files: BTreeMap<Spanned<String>, toml::Value>,
 }
@@ -404,22 +407,8 @@ pub fn parse(source: Source) -> Result<Manifest> {
             }
         }
     };
-    let audit = match raw.audit {
-        None => None,
-        Some(value) => {
-            let offset = value.span().start;
-            match value.into_inner().try_into::<run::AuditConfig>() {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    problems.push(source.problem_at(
-                        Some(offset),
-                        format!("[audit]: {}", crate::error::toml_message(&e)),
-                    ));
-                    None
-                }
-            }
-        }
-    };
+    let audit = typed_table::<run::AuditConfig>(raw.audit, "audit", &source, &mut problems);
+    let cache = typed_table::<run::CacheConfig>(raw.cache, "cache", &source, &mut problems);
 
     if !problems.is_empty() {
         return Err(Error::Config(ConfigErrors(problems)));
@@ -434,7 +423,29 @@ pub fn parse(source: Source) -> Result<Manifest> {
         env,
         run,
         audit,
+        cache,
     })
+}
+
+/// A small table (`[audit]`, `[cache]`) typed, or a problem at its line.
+fn typed_table<T: serde::de::DeserializeOwned>(
+    value: Option<Spanned<toml::Value>>,
+    name: &str,
+    source: &Source,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<T> {
+    let value = value?;
+    let offset = value.span().start;
+    match value.into_inner().try_into::<T>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(source.problem_at(
+                Some(offset),
+                format!("[{name}]: {}", crate::error::toml_message(&e)),
+            ));
+            None
+        }
+    }
 }
 
 /// Types each table of `tables` in the order the file has them, with its key's offset; every

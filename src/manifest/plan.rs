@@ -57,6 +57,8 @@ pub struct Plan {
     pub run: super::run::RunConfig,
     /// The audit log's path, relative paths resolved against the manifest's directory.
     pub audit: Option<std::path::PathBuf>,
+    /// `[cache]`, its paths resolved against the manifest's directory.
+    pub cache: Option<super::run::CacheConfig>,
     /// Composed values, in the order they are rendered.
     pub templates: Vec<PlannedTemplate>,
     /// `[files]`.
@@ -276,6 +278,11 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
         return Err(Error::Config(ConfigErrors(problems)));
     }
     let audit = manifest.audit.as_ref().map(|a| ctx.base_dir.join(&a.path));
+    let cache = manifest.cache.map(|c| super::run::CacheConfig {
+        path: ctx.base_dir.join(&c.path),
+        key_file: ctx.base_dir.join(&c.key_file),
+        max_age: c.max_age,
+    });
     let mut run = manifest.run;
     for l in &mut run.listen {
         if let super::run::ListenAddr::Unix(path) = &mut l.addr {
@@ -289,6 +296,7 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
         env: manifest.env,
         run,
         audit,
+        cache,
         templates,
         files,
         private_dir: private_dir(&src.path),

@@ -327,6 +327,23 @@ pub struct AuditConfig {
     pub path: PathBuf,
 }
 
+/// `[cache]`: the encrypted last-known-good values, served at start during an outage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The encrypted file; relative paths are relative to the manifest's directory.
+    pub path: PathBuf,
+    /// An age identity (`AGE-SECRET-KEY-1…`), as `secret-run cache keygen` writes it.
+    pub key_file: PathBuf,
+    /// Values confirmed longer ago than this are never served.
+    #[serde(default = "one_hour", deserialize_with = "crate::duration::de")]
+    pub max_age: Duration,
+}
+
+fn one_hour() -> Duration {
+    Duration::from_secs(3600)
+}
+
 fn sighup() -> Signal {
     Signal::SIGHUP
 }

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["backend"],
     &["manifest"],
     &["resolve"],
-    &["audit", "redact"],
+    &["audit", "cache", "redact"],
     &["launch"],
     &["cli"],
     &["app"],

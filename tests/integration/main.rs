@@ -5,6 +5,7 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+mod cache;
 mod check_init;
 mod dynamic;
 mod exit_codes;

@@ -58,6 +58,11 @@ impl Moto {
         panic!("moto did not start after 5 attempts");
     }
 
+    /// Stops the server (an outage).
+    pub fn stop(&mut self) {
+        self.keeper.stop();
+    }
+
     /// Runs Python with boto3 clients `sm` and `ssm` (us-east-1 unless `region` is set in the
     /// code) and the test keys; fails the test when it fails. Returns its stdout.
     #[track_caller]

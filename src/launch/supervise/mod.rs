@@ -45,6 +45,8 @@ pub struct Options {
     pub subreaper: bool,
     /// Run the child in its own process group and signal the group.
     pub process_group: bool,
+    /// Write the `[cache]` after each complete reload (`--no-cache` turns it off).
+    pub cache: bool,
 }
 
 /// What a run gives each child besides its values: the `listen` sockets, the delivered files,
@@ -227,6 +229,7 @@ impl<'a> Supervisor<'a> {
                     if let Some(redirect) = self.redirect {
                         redirect.add(&crate::launch::redactor_of(&resolution.vars, self.plan).0);
                     }
+                    self.cache(&resolution);
                     let issued = std::mem::take(&mut resolution.issued);
                     let notes = self.leases.add(issued, &super::leases::vars_of(&resolution.vars));
                     self.noted(notes);
@@ -256,6 +259,29 @@ impl<'a> Supervisor<'a> {
                     inputs.push_back(answer);
                 }
             }
+        }
+    }
+
+    /// A complete reload's values go to the `[cache]`: sealed here, written on a blocking
+    /// thread so that a slow disk never holds the event loop.
+    fn cache(&self, resolution: &Resolution) {
+        let Some(config) = self.plan.cache.as_ref().filter(|_| self.opts.cache) else {
+            return;
+        };
+        if !resolution.is_complete() {
+            return;
+        }
+        match crate::cache::seal(self.plan, config, &resolution.vars, None) {
+            Ok(Some((_, sealed))) => {
+                let path = config.path.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = crate::cache::write(&path, &sealed) {
+                        tracing::warn!("{e}");
+                    }
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 
