@@ -172,6 +172,13 @@ pub enum Event {
     /// A backend was unavailable at start: these variables came from the cache, confirmed
     /// this many seconds ago.
     CacheServe { vars: Vec<(String, u64)> },
+    /// `secret-run get`: a value was printed.
+    Get { var: String },
+    /// `secret-run export`: these values were written out, in this format.
+    Export {
+        vars: Vec<String>,
+        format: &'static str,
+    },
 }
 
 /// An issued credential as the log names it: never its id's secret part, never a value.
@@ -315,6 +322,10 @@ impl Event {
                     .map(|(var, age_s)| json!({ "var": var, "age_s": age_s }))
                     .collect();
                 ("cache-serve", object(json!({ "vars": vars })))
+            }
+            Event::Get { var } => ("get", object(json!({ "var": var }))),
+            Event::Export { vars, format } => {
+                ("export", object(json!({ "vars": vars, "format": format })))
             }
         }
     }

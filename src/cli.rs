@@ -32,7 +32,7 @@ See docs/lifecycle.md.";
     name = "secret-run",
     version,
     after_help = AFTER_HELP,
-    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|scan|init|cache|completions>"
+    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|get|export|scan|init|cache|completions>"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -147,6 +147,27 @@ pub enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// Print one variable's value and a newline on stdout, resolved as a run would resolve it.
+    /// Audited (`get`). For a tool that takes a value on its command line or stdin.
+    Get {
+        /// The variable, as the manifest names it.
+        name: String,
+        /// No newline after the value.
+        #[arg(short = 'n')]
+        no_newline: bool,
+    },
+    /// Write every resolved value in a format other tools read: dotenv (read back the same by
+    /// dotenvy and python-dotenv), json, shell (`export NAME='…'`), github-env (appended to
+    /// $GITHUB_ENV, masked first). To stdout, or to a new file (0600) with -o.
+    Export {
+        #[arg(long, value_enum, default_value = "dotenv")]
+        format: ExportFormat,
+        /// Write to this file (created 0600; an existing one only with --force).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
     /// The encrypted cache of last-known-good values (`[cache]` in the manifest).
     Cache {
         #[command(subcommand)]
@@ -160,6 +181,14 @@ pub enum Sub {
     /// Print the man page (roff).
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Dotenv,
+    Json,
+    Shell,
+    GithubEnv,
 }
 
 #[derive(Debug, Subcommand)]

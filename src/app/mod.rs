@@ -4,6 +4,7 @@
 mod cache;
 mod check;
 mod init;
+mod operate;
 mod scan;
 mod setup;
 
@@ -50,6 +51,18 @@ pub fn run(cli: Cli) -> Result<u8> {
             deadline(&cli.global),
         ),
         Some(Sub::Cache { action }) => cache::run(&cli.global, action),
+        Some(Sub::Get { name, no_newline }) => {
+            let interrupts = Interrupts::block()?;
+            operate::get(&cli.global, &name, no_newline, &interrupts)
+        }
+        Some(Sub::Export {
+            format,
+            output,
+            force,
+        }) => {
+            let interrupts = Interrupts::block()?;
+            operate::export(&cli.global, format, output.as_deref(), force, &interrupts)
+        }
         Some(Sub::Completions { shell }) => {
             // Rendered into memory: clap_complete panics on a failed write to its writer.
             let mut out = Vec::new();

@@ -77,6 +77,39 @@ impl Plan {
     pub fn has_files(&self) -> bool {
         !self.files.is_empty() || self.vars.iter().any(|v| v.as_file.is_some())
     }
+
+    /// Every variable the manifest defines (read from a backend or composed).
+    pub fn names(&self) -> impl Iterator<Item = &EnvName> {
+        self.vars
+            .iter()
+            .map(|v| &v.name)
+            .chain(self.templates.iter().map(|t| &t.name))
+    }
+
+    /// The plan of `name` alone: its entry, or its template and what it uses; no files (an
+    /// operator's command reads a value, it delivers nothing). `Err` with a did-you-mean.
+    pub fn only(mut self, name: &str) -> std::result::Result<Plan, String> {
+        if !self.names().any(|n| n.as_str() == name) {
+            return Err(format!(
+                "`{name}` is not in the manifest{}",
+                did_you_mean(name, self.names().map(EnvName::as_str))
+            ));
+        }
+        let mut wanted: std::collections::BTreeSet<String> = [name.to_owned()].into();
+        // Templates use entries and earlier templates: follow them back.
+        for t in self.templates.iter().rev() {
+            if wanted.contains(t.name.as_str()) {
+                wanted.extend(t.uses.iter().cloned());
+            }
+        }
+        self.vars.retain(|v| wanted.contains(v.name.as_str()));
+        self.templates.retain(|t| wanted.contains(t.name.as_str()));
+        self.files.clear();
+        for v in &mut self.vars {
+            v.as_file = None;
+        }
+        Ok(self)
+    }
 }
 
 impl Plan {

@@ -22,6 +22,7 @@ mod moto;
 mod no_leak;
 #[cfg(feature = "vault")]
 mod openbao;
+mod operate;
 mod postgres;
 mod redact;
 mod rotation;
