@@ -174,6 +174,13 @@ pub enum Event {
     CacheServe { vars: Vec<(String, u64)> },
     /// `secret-run get`: a value was printed.
     Get { var: String },
+    /// `secret-run put` or `migrate`: a value was written to `backend` at `path`.
+    Put {
+        var: String,
+        backend: String,
+        path: String,
+        version: Option<String>,
+    },
     /// `secret-run export`: these values were written out, in this format.
     Export {
         vars: Vec<String>,
@@ -324,6 +331,15 @@ impl Event {
                 ("cache-serve", object(json!({ "vars": vars })))
             }
             Event::Get { var } => ("get", object(json!({ "var": var }))),
+            Event::Put {
+                var,
+                backend,
+                path,
+                version,
+            } => (
+                "put",
+                object(json!({ "var": var, "backend": backend, "path": path, "version": version })),
+            ),
             Event::Export { vars, format } => {
                 ("export", object(json!({ "vars": vars, "format": format })))
             }

@@ -10,9 +10,7 @@
 //! nothing readable without the key.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use secrecy::zeroize::Zeroizing;
@@ -214,7 +212,7 @@ pub fn store(
 
 /// Writes sealed bytes to the cache file, atomically.
 pub fn write(path: &Path, sealed: &[u8]) -> Result<(), CacheError> {
-    write_atomically(path, sealed)
+    crate::fsread::write_atomically(path, sealed, 0o600)
         .map_err(|e| CacheError(format!("cannot write the cache {}: {e}", path.display())))
 }
 
@@ -277,43 +275,6 @@ pub fn seal(
     let sealed = age::encrypt(&recipient, &plain)
         .map_err(|e| CacheError(format!("cannot encrypt the cache: {e}")))?;
     Ok(Some((count, sealed)))
-}
-
-/// temp file (0600, never an existing one) + fsync + rename + fsync of the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "cache".into());
-    let tmp = dir.join(format!(
-        ".{name}.{}.{:x}.tmp",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Serves, from the cache, the values that failed only because their (remote) backend is

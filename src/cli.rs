@@ -32,7 +32,7 @@ See docs/lifecycle.md.";
     name = "secret-run",
     version,
     after_help = AFTER_HELP,
-    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|get|export|scan|init|cache|completions>"
+    override_usage = "secret-run [OPTIONS] -- CMD [ARGS]...\n       secret-run [OPTIONS] <check|get|export|put|migrate|scan|init|cache|completions>"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -167,6 +167,39 @@ pub enum Sub {
         output: Option<PathBuf>,
         #[arg(long)]
         force: bool,
+    },
+    /// Write a new value for one variable to its entry's backend, at its path (one field with
+    /// `key`), as a new version. The value comes from stdin (or --from-file), never from the
+    /// command line; one trailing newline is dropped. Vault KV v2 writes check-and-set.
+    Put {
+        name: String,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Vault KV v2: write only if the secret is still at this version (default: the
+        /// version read just before writing).
+        #[arg(long, value_name = "VERSION")]
+        cas: Option<u64>,
+    },
+    /// Copy every value from where it resolves today (or --from) to another backend, at each
+    /// entry's path there. Existing values are kept unless --overwrite. Prints names and
+    /// outcomes, never values.
+    Migrate {
+        /// The backend to write to (a name under [backends], or a built-in one).
+        #[arg(long, value_name = "BACKEND")]
+        to: String,
+        /// Read every entry that names no backend from this one (as --backend does).
+        #[arg(long, value_name = "BACKEND")]
+        from: Option<String>,
+        /// List what would be written, and where; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace values that are already there.
+        #[arg(long)]
+        overwrite: bool,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
     },
     /// The encrypted cache of last-known-good values (`[cache]` in the manifest).
     Cache {

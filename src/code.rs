@@ -18,6 +18,9 @@ pub const CANT_CREATE: u8 = 73;
 /// secret-run's own output could not be written: stdout closed (a pipe whose reader left)
 /// or full (`/dev/full`, a full disk).
 pub const IO_ERROR: u8 = 74;
+/// A write lost a race (`put`: the secret changed since it was read; check-and-set): read
+/// again and retry.
+pub const TEMP_FAIL: u8 = 75;
 /// A backend refused access (file permissions, a policy).
 pub const PERMISSION_DENIED: u8 = 77;
 /// The manifest is missing or invalid.

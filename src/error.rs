@@ -91,6 +91,13 @@ pub enum Error {
     #[error("{0}")]
     Init(String),
 
+    /// A backend failed an operator's command (`put`, `migrate`): its kind decides the code.
+    #[error("{what}: {error}")]
+    Backend {
+        what: String,
+        error: crate::secret::SecretError,
+    },
+
     /// The cache cannot be read for `cache status` (none yet, another key, corrupt): what a
     /// start during an outage would meet.
     #[error("{0}")]
@@ -153,6 +160,7 @@ impl Error {
             }
             Error::Resolve(f) => f.exit_code(),
             Error::Cache(_) => code::UNAVAILABLE,
+            Error::Backend { error, .. } => error.kind.exit_code(),
             Error::Deliver { .. } => code::SECRET_MISSING,
             Error::CommandNotFound { .. } => code::COMMAND_NOT_FOUND,
             Error::CannotExecute { .. } => code::CANNOT_EXECUTE,

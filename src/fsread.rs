@@ -2,11 +2,12 @@
 //! opened once without blocking, checked by what was opened (not by name), read up to a size
 //! limit and within a deadline. A FIFO swapped in cannot hang a run, `/dev/zero` cannot fill
 //! memory, and a symlink swapped in between a check and an open cannot redirect the read.
+//! Also the one atomic replacement of a file (the cache, `put` to a file or a `.env`).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -230,6 +231,45 @@ fn describe(kind: &std::fs::FileType) -> &'static str {
     } else {
         "not a regular file"
     }
+}
+
+/// Replaces `path` with `bytes` so that a reader sees the old content or the new, never a part:
+/// a temporary file beside it (created exclusively with `mode`, never through a symlink), fsync,
+/// rename, fsync of the directory (created 0700 when missing).
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]

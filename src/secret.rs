@@ -110,6 +110,9 @@ pub enum ErrorKind {
     Misconfigured,
     /// A bug in secret-run (a backend broke its contract): exit 70, never blamed on the secrets.
     Internal,
+    /// A write found the secret changed since it was read (check-and-set), or already there
+    /// when it must not be.
+    Conflict,
 }
 
 impl ErrorKind {
@@ -120,6 +123,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => code::UNAVAILABLE,
             ErrorKind::Misconfigured => code::CONFIG,
             ErrorKind::Internal => code::SOFTWARE,
+            ErrorKind::Conflict => code::TEMP_FAIL,
         }
     }
 
@@ -132,6 +136,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Misconfigured => "misconfigured",
             ErrorKind::Internal => "internal",
+            ErrorKind::Conflict => "conflict",
         }
     }
 }
@@ -262,6 +267,58 @@ fn classify_json_error(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Eof => "unexpected end",
         serde_json::error::Category::Syntax => "syntax error",
         serde_json::error::Category::Data | serde_json::error::Category::Io => "invalid data",
+    }
+}
+
+/// `current` (a JSON object's text, or nothing yet) with the field `key` names set to `value`:
+/// the read-modify-write of `put` on one field. A pointer creates the objects it passes through.
+pub fn set_field(
+    current: Option<&str>,
+    key: &Key,
+    value: &SecretString,
+) -> Result<secrecy::zeroize::Zeroizing<String>, SecretError> {
+    let mut doc: serde_json::Value = match current {
+        Some(text) => serde_json::from_str(text).map_err(|_| {
+            SecretError::invalid(format!(
+                "`key = \"{key}\"` sets a field of a JSON object, but the current value is not JSON; write the whole value without `key`"
+            ))
+        })?,
+        None => serde_json::Value::Object(serde_json::Map::new()),
+    };
+    let new = serde_json::Value::String(value.expose_secret().to_owned());
+    let target = match key {
+        Key::Field(name) => doc
+            .as_object_mut()
+            .map(|o| o.entry(name.clone()).or_insert(serde_json::Value::Null)),
+        Key::Pointer(pointer) => {
+            let parts: Vec<String> = pointer
+                .split('/')
+                .skip(1)
+                .map(|p| p.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            slot(&mut doc, &parts)
+        }
+    };
+    let Some(slot) = target else {
+        return Err(SecretError::invalid(format!(
+            "`key = \"{key}\"` goes through something that is not a JSON object in the current value"
+        )));
+    };
+    *slot = new;
+    Ok(secrecy::zeroize::Zeroizing::new(doc.to_string()))
+}
+
+/// The place `parts` lead to from `at`, creating the objects on the way.
+fn slot<'v>(at: &'v mut serde_json::Value, parts: &[String]) -> Option<&'v mut serde_json::Value> {
+    match parts.split_first() {
+        None => Some(at),
+        Some((first, rest)) => {
+            let next = at
+                .as_object_mut()?
+                .entry(first.clone())
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            slot(next, rest)
+        }
     }
 }
 

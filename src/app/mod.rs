@@ -55,6 +55,28 @@ pub fn run(cli: Cli) -> Result<u8> {
             let interrupts = Interrupts::block()?;
             operate::get(&cli.global, &name, no_newline, &interrupts)
         }
+        Some(Sub::Put {
+            name,
+            from_file,
+            cas,
+        }) => operate::put(&cli.global, &name, from_file.as_deref(), cas),
+        Some(Sub::Migrate {
+            to,
+            from,
+            dry_run,
+            overwrite,
+            json,
+        }) => {
+            let interrupts = Interrupts::block()?;
+            let how = operate::Migration {
+                to: &to,
+                from: from.as_deref(),
+                dry_run,
+                overwrite,
+                json,
+            };
+            operate::migrate(&cli.global, &how, &interrupts)
+        }
         Some(Sub::Export {
             format,
             output,

@@ -165,7 +165,7 @@ fn shell_quote(value: &str) -> String {
 fn dotenv(values: &[(&str, &str)]) -> Result<Zeroizing<String>> {
     let mut text = Zeroizing::new(String::new());
     for (name, value) in values {
-        let line = dotenv_value(value).ok_or_else(|| {
+        let line = crate::backend::dotenv::quote(value).ok_or_else(|| {
             Error::Usage(format!(
                 "`{name}` holds `${{` (python-dotenv expands it whatever the quoting), or `$` together with a quote, a backslash or a line break: no .env quoting reads back the same in dotenvy and python-dotenv; use --format json or shell"
             ))
@@ -176,32 +176,6 @@ fn dotenv(values: &[(&str, &str)]) -> Result<Zeroizing<String>> {
         text.push('\n');
     }
     Ok(text)
-}
-
-/// Single quotes when nothing inside needs escaping (both read them literally, `$` and `#`
-/// included); double quotes with `\\`, `\"`, `\n` otherwise, unless a `$` would be expanded.
-fn dotenv_value(value: &str) -> Option<String> {
-    if value.contains("${") {
-        return None;
-    }
-    if !value.contains(['\'', '\\', '\n', '\r']) {
-        return Some(format!("'{value}'"));
-    }
-    if value.contains(['$', '\r']) {
-        return None;
-    }
-    let mut out = String::with_capacity(value.len() + 8);
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    Some(out)
 }
 
 /// GitHub's multi-line form, `NAME<<DELIM`, with a delimiter no value contains.
@@ -268,25 +242,244 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dotenv_quoting_is_chosen_so_that_nothing_is_read_differently() {
-        assert_eq!(
-            dotenv_value("a b#c $HOME \"q\"").as_deref(),
-            Some("'a b#c $HOME \"q\"'")
-        );
-        assert_eq!(
-            dotenv_value("it's\nline").as_deref(),
-            Some("\"it's\\nline\"")
-        );
-        assert_eq!(
-            dotenv_value("back\\slash").as_deref(),
-            Some("\"back\\\\slash\"")
-        );
-        assert_eq!(dotenv_value("it's $HOME"), None);
-        assert_eq!(dotenv_value("${PATH}"), None);
-    }
-
-    #[test]
     fn shell_quoting_survives_single_quotes() {
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
+}
+
+/// The largest value `put` reads from stdin or a file.
+const MAX_PUT: usize = 1 << 20;
+
+pub fn put(global: &Global, name: &str, from_file: Option<&Path>, cas: Option<u64>) -> Result<u8> {
+    use std::io::Read;
+    let plan = load_plan(global, false)?.only(name).map_err(Error::Usage)?;
+    let Some(var) = plan.vars.iter().find(|v| v.name.as_str() == name) else {
+        return Err(Error::Usage(format!(
+            "`{name}` is composed by a template: put the entries it uses instead"
+        )));
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    let read = match from_file {
+        Some(path) => std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_PUT as u64 + 1).read_to_end(&mut bytes)),
+        None => std::io::stdin()
+            .lock()
+            .take(MAX_PUT as u64 + 1)
+            .read_to_end(&mut bytes),
+    };
+    read.map_err(|e| Error::Usage(format!("cannot read the new value: {e}")))?;
+    if bytes.len() > MAX_PUT {
+        return Err(Error::Usage(format!(
+            "the new value is larger than {} MiB",
+            MAX_PUT >> 20
+        )));
+    }
+    if bytes.is_empty() {
+        return Err(Error::Usage(
+            "no value on stdin: pipe it in (`secret-run put NAME < file`), or give --from-file"
+                .into(),
+        ));
+    }
+    if bytes.contains(&0) {
+        return Err(Error::Backend {
+            what: format!("the new value of `{name}`"),
+            error: crate::secret::SecretError::invalid(
+                "it holds a NUL byte, which no environment variable can carry",
+            ),
+        });
+    }
+    let value = crate::secret::value_from_bytes(std::mem::take(&mut *bytes)).map_err(|error| {
+        Error::Backend {
+            what: format!("the new value of `{name}`"),
+            error,
+        }
+    })?;
+    let value = crate::secret::strip_one_newline(value);
+    let written = write(&plan, var, value, cas, false, global)?;
+    eprintln!(
+        "secret-run: wrote `{name}` to backend `{}` at `{}`{}",
+        var.backend,
+        var.path,
+        written
+            .version
+            .as_deref()
+            .map(|v| format!(" (version {v})"))
+            .unwrap_or_default()
+    );
+    Ok(0)
+}
+
+/// Writes one value of `plan`'s entry `var` through its backend, and audits it.
+fn write(
+    plan: &crate::manifest::plan::Plan,
+    var: &crate::manifest::plan::PlannedVar,
+    value: secrecy::SecretString,
+    cas: Option<u64>,
+    create_only: bool,
+    global: &Global,
+) -> Result<crate::backend::Written> {
+    let what = format!(
+        "`{}` to backend `{}` at `{}`",
+        var.name, var.backend, var.path
+    );
+    let handle = plan
+        .backends
+        .get(&var.backend)
+        .ok_or_else(|| Error::Internal(format!("no backend for {what}")))?;
+    let writer = handle.backend.writer().ok_or_else(|| {
+        Error::Usage(format!(
+            "backend `{}` (kind {}) cannot be written: it reads values that something else provides",
+            var.backend, handle.kind
+        ))
+    })?;
+    let put = crate::backend::Put {
+        path: var.path.clone(),
+        key: var.key.clone(),
+        value,
+        cas,
+        create_only,
+    };
+    let rt = resolve::runtime()?;
+    let deadline = tokio::time::Instant::now() + global.timeout;
+    let result = rt.block_on(writer.put(&put, deadline));
+    rt.shutdown_background();
+    let written = result.map_err(|error| Error::Backend {
+        what: format!("cannot write {what}"),
+        error,
+    })?;
+    audit(
+        plan,
+        Event::Put {
+            var: var.name.to_string(),
+            backend: var.backend.clone(),
+            path: var.path.clone(),
+            version: written.version.clone(),
+        },
+    )?;
+    Ok(written)
+}
+
+/// How `migrate` runs.
+#[derive(Debug)]
+pub struct Migration<'a> {
+    pub to: &'a str,
+    pub from: Option<&'a str>,
+    pub dry_run: bool,
+    pub overwrite: bool,
+    pub json: bool,
+}
+
+pub fn migrate(global: &Global, how: &Migration<'_>, interrupts: &Interrupts) -> Result<u8> {
+    let source =
+        super::setup::plan_with(global, false, how.from.or(global.backend.as_deref()), false)?;
+    let target = super::setup::plan_with(global, false, Some(how.to), true)?;
+    let resolution = if how.dry_run {
+        None
+    } else {
+        Some(resolve::resolve_blocking(
+            &source,
+            global.timeout,
+            interrupts,
+        )?)
+    };
+    let mut rows: Vec<(String, String, String, &'static str)> = Vec::new();
+    let mut code = 0;
+    let mut created: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for (src, dst) in source.vars.iter().zip(&target.vars) {
+        let name = src.name.to_string();
+        let place = format!("{}:{}", dst.backend, dst.path);
+        if src.backend == dst.backend && src.path == dst.path {
+            rows.push((name, place, "already there".into(), "skipped"));
+            continue;
+        }
+        let Some(resolution) = &resolution else {
+            rows.push((
+                name,
+                place,
+                format!("from {}:{}", src.backend, src.path),
+                "would-write",
+            ));
+            continue;
+        };
+        let Some(resolved) = resolution.vars.iter().find(|v| v.name == src.name) else {
+            continue;
+        };
+        let value = match &resolved.outcome {
+            resolve::Outcome::Value(v) => v.clone(),
+            resolve::Outcome::Default(_) | resolve::Outcome::Absent => {
+                rows.push((name, place, "absent at the source".into(), "skipped"));
+                continue;
+            }
+            resolve::Outcome::Failed(e) => {
+                code = code.max(e.kind.exit_code());
+                eprintln!(
+                    "secret-run: `{name}` cannot be read from {}:{}: {e}",
+                    src.backend, src.path
+                );
+                rows.push((name, place, e.kind.label().into(), "failed"));
+                continue;
+            }
+            resolve::Outcome::Unissued => continue,
+        };
+        // Several entries may write fields of one secret: only the first write creates it.
+        let create_only = !how.overwrite && !created.contains(&place_key(dst));
+        match write(&target, dst, value, None, create_only, global) {
+            Ok(w) => {
+                created.insert(place_key(dst));
+                let detail = w
+                    .version
+                    .map(|v| format!("version {v}"))
+                    .unwrap_or_default();
+                rows.push((name, place, detail, "written"));
+            }
+            Err(Error::Backend { error, .. })
+                if error.kind == crate::secret::ErrorKind::Conflict =>
+            {
+                rows.push((
+                    name,
+                    place,
+                    "a value is there; --overwrite replaces it".into(),
+                    "kept",
+                ));
+            }
+            Err(e) => {
+                code = code.max(e.exit_code());
+                eprintln!("secret-run: {e}");
+                rows.push((name, place, e.exit_code().to_string(), "failed"));
+            }
+        }
+    }
+    let out = if how.json {
+        let entries: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(n, p, d, o)| serde_json::json!({ "name": n, "target": p, "outcome": o, "detail": d }))
+            .collect();
+        let mut text = serde_json::to_string_pretty(&serde_json::json!({
+            "to": how.to,
+            "dry_run": how.dry_run,
+            "entries": entries,
+        }))
+        .unwrap_or_default();
+        text.push('\n');
+        text
+    } else {
+        let w_name = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(8);
+        let w_place = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
+        let mut text = format!("{:w_name$}  {:w_place$}  OUTCOME\n", "VARIABLE", "TARGET");
+        for (n, p, d, o) in &rows {
+            text.push_str(&format!("{n:w_name$}  {p:w_place$}  {o}"));
+            if !d.is_empty() {
+                text.push_str(&format!(" ({d})"));
+            }
+            text.push('\n');
+        }
+        text
+    };
+    write_stdout(crate::output::escape_controls(&out).as_bytes())?;
+    Ok(code)
+}
+
+/// The secret an entry writes to (entries with different keys share it).
+fn place_key(v: &crate::manifest::plan::PlannedVar) -> String {
+    format!("{}\u{0}{}", v.backend, v.path)
 }

@@ -23,12 +23,24 @@ pub fn deadline(global: &Global) -> std::time::Instant {
 /// `issue`: read endpoints that create credentials (a run does; `check` only with `--issue`,
 /// and `scan` never).
 pub fn load_plan(global: &Global, issue: bool) -> Result<plan::Plan> {
+    plan_with(global, issue, global.backend.as_deref(), false)
+}
+
+/// The plan with `backend` instead of `--backend`; with `every_entry`, for entries that name
+/// their own backend too.
+pub fn plan_with(
+    global: &Global,
+    issue: bool,
+    backend: Option<&str>,
+    every_entry: bool,
+) -> Result<plan::Plan> {
     let manifest = manifest::load(&global.manifest, deadline(global))?;
     let opts = plan::PlanOptions {
-        backend_override: global.backend.clone().filter(|b| !b.is_empty()),
+        backend_override: backend.filter(|b| !b.is_empty()).map(str::to_owned),
         env_name: global.env_name.clone().filter(|e| !e.is_empty()),
         deadline: Some(deadline(global)),
         issue,
+        every_entry,
     };
     plan::build(manifest, &opts)
 }

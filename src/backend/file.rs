@@ -18,7 +18,10 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::{Backend, Context, FetchResult, Fetched, Kind, LocalRead, Reader, Request, typed};
+use super::{
+    Backend, Context, FetchResult, Fetched, Kind, LocalRead, Put, Reader, Request, WriteValue,
+    Written, check_create_only, typed,
+};
 use crate::error::Invalid;
 use crate::fsread;
 use crate::secret::{SecretError, strip_one_newline, value_from_bytes};
@@ -70,6 +73,22 @@ impl Backend for FileBackend {
     fn reader(&self) -> Reader<'_> {
         Reader::Local(self)
     }
+
+    fn writer(&self) -> Option<&dyn WriteValue> {
+        Some(self)
+    }
+}
+
+/// A new file, or the file replaced whole (mode 0600), inside `dir`; with `key`, one field of
+/// the JSON it holds.
+impl WriteValue for FileBackend {
+    fn put<'a>(
+        &'a self,
+        put: &'a Put,
+        _deadline: tokio::time::Instant,
+    ) -> futures_util::future::BoxFuture<'a, Result<Written, SecretError>> {
+        Box::pin(async move { self.write(put) })
+    }
 }
 
 impl LocalRead for FileBackend {
@@ -82,6 +101,43 @@ impl LocalRead for FileBackend {
 }
 
 impl FileBackend {
+    fn write(&self, put: &Put) -> Result<Written, SecretError> {
+        use secrecy::ExposeSecret;
+        check_relative(&put.path).map_err(|e| SecretError::denied(e.0))?;
+        let target = self.dir.join(&put.path);
+        let shown = target.display().to_string();
+        // The directory the file goes in must be inside `dir`, symlinks resolved.
+        let parent = target.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(parent).map_err(|e| SecretError::from_io(&shown, e))?;
+        let inside = std::fs::canonicalize(parent)
+            .and_then(|p| Ok(p.starts_with(std::fs::canonicalize(&self.dir)?)))
+            .map_err(|e| SecretError::from_io(&shown, e))?;
+        if !inside {
+            return Err(SecretError::denied(format!(
+                "{shown} resolves outside {}: a symlink points out of the directory",
+                self.dir.display()
+            )));
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let current = match self.read_one(&put.path, deadline) {
+            Ok(f) => Some(f.value),
+            Err(e) if e.kind == crate::secret::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        check_create_only(put, current.is_some(), &shown)?;
+        let text = match &put.key {
+            Some(key) => crate::secret::set_field(
+                current.as_ref().map(|c| c.expose_secret()),
+                key,
+                &put.value,
+            )?,
+            None => secrecy::zeroize::Zeroizing::new(put.value.expose_secret().to_owned()),
+        };
+        fsread::write_atomically(&target, text.as_bytes(), 0o600)
+            .map_err(|e| SecretError::from_io(&shown, e))?;
+        Ok(Written { version: None })
+    }
+
     fn new(config: &Config, ctx: &Context) -> Result<Self, Invalid> {
         let dir = match &config.dir {
             Some(dir) => ctx.base_dir.join(dir),

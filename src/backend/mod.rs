@@ -229,6 +229,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
         })
     }
 
+    /// How values are written (`put`, `migrate`); `None`: this kind cannot be written.
+    fn writer(&self) -> Option<&dyn WriteValue> {
+        None
+    }
+
     /// The current login's number and its token's end (see `Lease::bound`).
     fn token_end(&self) -> Option<(u64, std::time::SystemTime)> {
         None
@@ -285,6 +290,47 @@ pub trait RemoteRead: Sync {
         requests: &'a [Request],
         deadline: tokio::time::Instant,
     ) -> BoxFuture<'a, FetchResult>;
+}
+
+/// A value to write, at an entry's full path.
+#[derive(Debug)]
+pub struct Put {
+    pub path: String,
+    /// Only this field of the JSON object there (read, set, written back).
+    pub key: Option<crate::secret::Key>,
+    pub value: SecretString,
+    /// Check-and-set: write only over this version (Vault KV v2); `None`: over the version
+    /// read just before.
+    pub cas: Option<u64>,
+    /// Write only where nothing is yet (`migrate` without `--overwrite`): `Conflict` otherwise.
+    pub create_only: bool,
+}
+
+/// What a write made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The new version, when the backend keeps versions.
+    pub version: Option<String>,
+}
+
+pub trait WriteValue: Sync {
+    /// Writes one value as a new version; gives up at `deadline`.
+    fn put<'a>(
+        &'a self,
+        put: &'a Put,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<Written, SecretError>>;
+}
+
+/// Refuses a write that must not replace a value (`Put::create_only`).
+pub fn check_create_only(put: &Put, exists: bool, at: &str) -> Result<(), SecretError> {
+    if put.create_only && exists {
+        return Err(SecretError::new(
+            crate::secret::ErrorKind::Conflict,
+            format!("{at} already holds a value (not overwritten; --overwrite replaces it)"),
+        ));
+    }
+    Ok(())
 }
 
 /// What the backends need from outside their own table.

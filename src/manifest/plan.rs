@@ -27,6 +27,8 @@ pub struct PlanOptions {
     /// Endpoints that create credentials (database/creds, pki/issue) are read; `false` for
     /// `check` without `--issue` and for `scan`, which must not mint database users.
     pub issue: bool,
+    /// `backend_override` applies to every entry, those that name a backend too (`migrate`).
+    pub every_entry: bool,
 }
 
 #[derive(Debug)]
@@ -191,7 +193,8 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
             template_entries.push((entry.name, text, entry.offset));
             continue;
         }
-        let backend = match (&entry.backend, &default) {
+        let named = entry.backend.as_ref().filter(|_| !opts.every_entry);
+        let backend = match (named, &default) {
             (Some(b), _) => {
                 if !known.contains_key(b.as_str()) {
                     problems.push(src.problem_at(

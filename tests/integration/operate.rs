@@ -189,3 +189,193 @@ fn get_prints_one_value_and_is_audited() {
         "CANARY-env-91d0aa\n"
     );
 }
+
+#[cfg(all(feature = "vault", feature = "aws"))]
+mod writes {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    use crate::openbao::ROOT_TOKEN;
+    use crate::support::{Project, Run};
+
+    /// secret-run with `stdin` piped in.
+    fn put(p: &Project, env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> Run {
+        let mut cmd = p.cmd();
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        Run::from(child.wait_with_output().unwrap())
+    }
+
+    const MANIFEST: &str = r#"[audit]
+path = "audit.log"
+
+[backends.vault]
+kind = "vault"
+prefix = "PREFIX/"
+
+[backends.aws]
+kind = "aws-secrets-manager"
+prefix = "PREFIX/"
+
+[backends.ssm]
+kind = "aws-ssm"
+prefix = "/PREFIX/"
+
+[backends.mounted]
+kind = "file"
+dir = "mounted"
+
+[secrets]
+DATABASE_URL = "database/url"
+DB_USER = { path = "db", key = "user" }
+DB_PASSWORD = { path = "db", key = "password" }
+STRIPE_KEY = "stripe/key"
+HOME_DIR = { backend = "env", path = "HOME" }
+"#;
+
+    #[test]
+    fn migrate_from_dotenv_to_vault_and_aws_then_run_from_there() {
+        let bao = crate::openbao::shared();
+        let m = crate::moto::shared();
+        let p = Project::with_manifest(&MANIFEST.replace("PREFIX", "t-migrate"));
+        p.write(
+            ".env",
+            "DATABASE_URL='postgres://app@db/app'\nDB='{\"user\":\"app\",\"password\":\"CANARY-dotenv-7f3a9c\"}'\nSTRIPE_KEY=sk_live_1\n",
+        );
+        let aws: Vec<(&str, String)> = m.env();
+        let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend([
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+        ]);
+        for to in ["vault", "aws", "ssm"] {
+            let dry = p.run_env(&["migrate", "--to", to, "--dry-run"], &env);
+            dry.code(0).stdout_has("would-write");
+            let r = p.run_env(&["-vvv", "migrate", "--to", to], &env);
+            r.code(0).stdout_has("written").no_canary(true);
+            // The env entry names its backend: it moves too, and its value is the process's.
+            // Run the service from the new backend, with the same manifest.
+            let dump = crate::support::child_env(&p, &["--backend", to], &env);
+            assert_eq!(dump["DB_PASSWORD"], "CANARY-dotenv-7f3a9c", "{to}");
+            assert_eq!(dump["DATABASE_URL"], "postgres://app@db/app", "{to}");
+            assert_eq!(dump["STRIPE_KEY"], "sk_live_1", "{to}");
+            // Again: nothing replaced without --overwrite.
+            let again = p.run_env(&["migrate", "--to", to, "--json"], &env);
+            again.code(0).stdout_has("\"outcome\": \"kept\"");
+        }
+        let log = std::fs::read_to_string(p.path("audit.log")).unwrap();
+        assert!(log.contains("\"event\":\"put\"") && !log.contains("CANARY"));
+    }
+
+    #[test]
+    fn put_writes_a_new_version_in_every_writable_backend() {
+        let bao = crate::openbao::shared();
+        let m = crate::moto::shared();
+        let p = Project::with_manifest(&MANIFEST.replace("PREFIX", "t-put"));
+        p.write(
+            ".env",
+            "# kept as it is\nSTRIPE_KEY=old # old key\nOTHER='x'\n",
+        );
+        let aws: Vec<(&str, String)> = m.env();
+        let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend([
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+        ]);
+        for backend in ["dotenv", "vault", "aws", "ssm", "mounted"] {
+            let mut with: Vec<(&str, &str)> = env.clone();
+            with.push(("SECRET_BACKEND", backend));
+            put(&p, &with, &["put", "DATABASE_URL"], b"postgres://db/app\n").code(0);
+            put(&p, &with, &["put", "DB_USER"], b"app\n").code(0);
+            put(&p, &with, &["put", "DB_PASSWORD"], b"first-pw\n").code(0);
+            put(
+                &p,
+                &with,
+                &["put", "STRIPE_KEY"],
+                b"it's a \"key\"\nwith lines",
+            )
+            .code(0);
+            let dump = crate::support::child_env(&p, &[], &with);
+            assert_eq!(dump["DB_USER"], "app", "{backend}");
+            assert_eq!(dump["DB_PASSWORD"], "first-pw", "{backend}");
+            assert_eq!(
+                dump["STRIPE_KEY"], "it's a \"key\"\nwith lines",
+                "{backend}"
+            );
+            // One field changed, the other kept.
+            put(
+                &p,
+                &with,
+                &["put", "DB_PASSWORD", "--from-file", "secrets.toml"],
+                b"",
+            )
+            .code(0);
+            let dump = crate::support::child_env(&p, &[], &with);
+            assert_eq!(dump["DB_USER"], "app", "{backend}");
+            assert!(dump["DB_PASSWORD"].contains("[audit]"), "{backend}");
+        }
+        // The .env: only its lines for those keys changed.
+        let text = std::fs::read_to_string(p.path(".env")).unwrap();
+        assert!(text.starts_with("# kept as it is\n"), "{text}");
+        assert!(text.contains("OTHER='x'\n"), "{text}");
+        let mode = std::fs::metadata(p.path("mounted/db")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn put_refuses_what_it_cannot_do_and_a_concurrent_writer_is_a_conflict() {
+        let bao = crate::openbao::shared();
+        let p = Project::with_manifest(&MANIFEST.replace("PREFIX", "t-put-bad"));
+        let env = [
+            ("VAULT_ADDR", bao.addr.as_str()),
+            ("VAULT_TOKEN", ROOT_TOKEN),
+            ("SECRET_BACKEND", "vault"),
+        ];
+        put(&p, &env, &["put", "STRIPE_KEY"], b"v1").code(0);
+        bao.ok(&[
+            "kv",
+            "put",
+            "secret/t-put-bad/stripe/key",
+            "value=someone-else",
+        ]);
+        // The version this operator saw (1) is not the current one (2).
+        let r = put(
+            &p,
+            &env,
+            &["put", "STRIPE_KEY", "--cas", "1"],
+            b"CANARY-vault-pw-41c9",
+        );
+        r.code(75).stderr_has("check-and-set").no_canary(true);
+        assert!(
+            bao.ok(&["kv", "get", "-field=value", "secret/t-put-bad/stripe/key"])
+                .contains("someone-else")
+        );
+        put(&p, &env, &["put", "STRIPE_KEY", "--cas", "2"], b"v3").code(0);
+        put(&p, &env, &["put", "STRIPE_KY"], b"x")
+            .code(64)
+            .stderr_has("did you mean `STRIPE_KEY`");
+        put(&p, &env, &["put", "HOME_DIR"], b"x")
+            .code(64)
+            .stderr_has("backend `env` (kind env) cannot be written");
+        put(&p, &env, &["put", "STRIPE_KEY"], b"")
+            .code(64)
+            .stderr_has("no value on stdin");
+        put(
+            &p,
+            &env,
+            &["-vvv", "put", "STRIPE_KEY"],
+            b"CANARY-vault-pw-41c9\0x",
+        )
+        .code(65)
+        .stderr_has("NUL")
+        .no_canary(true);
+    }
+}

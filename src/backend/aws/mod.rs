@@ -17,6 +17,7 @@
 
 pub mod secretsmanager;
 pub mod ssm;
+mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

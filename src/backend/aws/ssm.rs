@@ -118,6 +118,10 @@ impl Backend for Ssm {
     fn reader(&self) -> Reader<'_> {
         Reader::Remote(self)
     }
+
+    fn writer(&self) -> Option<&dyn crate::backend::WriteValue> {
+        Some(self)
+    }
 }
 
 impl RemoteRead for Ssm {
@@ -142,7 +146,12 @@ impl Ssm {
         }
     }
 
-    async fn client(&self) -> Result<&Client, SecretError> {
+    /// The region calls go to, for messages.
+    pub(super) fn region(&self) -> String {
+        self.sdk.region()
+    }
+
+    pub(super) async fn client(&self) -> Result<&Client, SecretError> {
         self.client
             .get_or_try_init(|| async {
                 let sdk = self.sdk.config().await?;

@@ -26,6 +26,9 @@ use crate::fsread::{self, Accept};
 use crate::secret::{SecretError, path_to_var};
 
 pub mod parse;
+mod write;
+
+pub use write::quote;
 
 pub const KIND: Kind = Kind {
     name: "dotenv",
@@ -53,6 +56,20 @@ pub struct DotenvBackend {
 impl Backend for DotenvBackend {
     fn reader(&self) -> Reader<'_> {
         Reader::Local(self)
+    }
+
+    fn writer(&self) -> Option<&dyn super::WriteValue> {
+        Some(self)
+    }
+}
+
+impl super::WriteValue for DotenvBackend {
+    fn put<'a>(
+        &'a self,
+        put: &'a super::Put,
+        _deadline: tokio::time::Instant,
+    ) -> futures_util::future::BoxFuture<'a, Result<super::Written, SecretError>> {
+        Box::pin(async move { self.write(put) })
     }
 }
 

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod http;
 mod issued;
 mod mounts;
+mod write;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -198,6 +199,10 @@ impl Backend for VaultBackend {
 
     fn token_end(&self) -> Option<(u64, std::time::SystemTime)> {
         self.auth.token_end()
+    }
+
+    fn writer(&self) -> Option<&dyn super::WriteValue> {
+        Some(self)
     }
 }
 
