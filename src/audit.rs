@@ -172,6 +172,14 @@ pub enum Event {
     /// A backend was unavailable at start: these variables came from the cache, confirmed
     /// this many seconds ago.
     CacheServe { vars: Vec<(String, u64)> },
+    /// `secret-run rotate`: one step of a rotation.
+    Rotate {
+        var: String,
+        step: &'static str,
+        old_version: Option<String>,
+        new_version: Option<String>,
+        outcome: String,
+    },
     /// `secret-run get`: a value was printed.
     Get { var: String },
     /// `secret-run put` or `migrate`: a value was written to `backend` at `path`.
@@ -331,6 +339,22 @@ impl Event {
                 ("cache-serve", object(json!({ "vars": vars })))
             }
             Event::Get { var } => ("get", object(json!({ "var": var }))),
+            Event::Rotate {
+                var,
+                step,
+                old_version,
+                new_version,
+                outcome,
+            } => (
+                "rotate",
+                object(json!({
+                    "var": var,
+                    "step": step,
+                    "old_version": old_version,
+                    "new_version": new_version,
+                    "outcome": outcome,
+                })),
+            ),
             Event::Put {
                 var,
                 backend,

@@ -5,6 +5,7 @@ mod cache;
 mod check;
 mod init;
 mod operate;
+mod rotate;
 mod scan;
 mod setup;
 
@@ -76,6 +77,30 @@ pub fn run(cli: Cli) -> Result<u8> {
                 json,
             };
             operate::migrate(&cli.global, &how, &interrupts)
+        }
+        Some(Sub::Rotate {
+            name,
+            stdin,
+            generate,
+            encoding,
+            pidfile,
+            pid,
+            verify,
+            reload_timeout,
+            dry_run,
+        }) => {
+            let how = rotate::Rotation {
+                name: &name,
+                stdin,
+                generate,
+                encoding,
+                pidfile: pidfile.as_deref(),
+                pid,
+                verify: verify.as_deref(),
+                reload_timeout,
+                dry_run,
+            };
+            rotate::run(&cli.global, &how)
         }
         Some(Sub::Export {
             format,

@@ -234,6 +234,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// How a value is rotated (`rotate`): only kinds that keep versions to go back to.
+    fn rotation(&self) -> Option<&dyn Rotate> {
+        None
+    }
+
     /// The current login's number and its token's end (see `Lease::bound`).
     fn token_end(&self) -> Option<(u64, std::time::SystemTime)> {
         None
@@ -320,6 +325,42 @@ pub trait WriteValue: Sync {
         put: &'a Put,
         deadline: tokio::time::Instant,
     ) -> BoxFuture<'a, Result<Written, SecretError>>;
+}
+
+/// A new version written for `rotate`, not yet confirmed.
+#[derive(Debug)]
+pub struct Pending {
+    pub path: String,
+    pub new: String,
+    pub previous: Option<String>,
+    /// Reads see it already (Vault: the newest version is read). Otherwise only once promoted
+    /// (Secrets Manager: it carries AWSPENDING, reads get AWSCURRENT).
+    pub visible: bool,
+    /// What rolling back writes again: the previous version's content (Vault).
+    pub restore: Option<SecretString>,
+}
+
+/// The steps of a rotation: a pending version, then promoted or rolled back.
+pub trait Rotate: Sync {
+    fn pending<'a>(
+        &'a self,
+        put: &'a Put,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<Pending, SecretError>>;
+
+    /// Makes the pending version the one reads get, keeping the previous one reachable.
+    fn promote<'a>(
+        &'a self,
+        pending: &'a Pending,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>>;
+
+    /// Makes reads get the previous value again.
+    fn roll_back<'a>(
+        &'a self,
+        pending: &'a Pending,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>>;
 }
 
 /// Refuses a write that must not replace a value (`Put::create_only`).

@@ -320,6 +320,7 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
         max_age: c.max_age,
     });
     let mut run = manifest.run;
+    run.pidfile = run.pidfile.map(|p| ctx.base_dir.join(p));
     for l in &mut run.listen {
         if let super::run::ListenAddr::Unix(path) = &mut l.addr {
             *path = ctx.base_dir.join(&*path);

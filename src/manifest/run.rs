@@ -99,6 +99,10 @@ pub struct RunConfig {
     /// Values this long or shorter are not redacted (they would hide ordinary words).
     #[serde(default = "six")]
     pub redact_min_length: usize,
+    /// Where a supervising secret-run writes its PID, and beside it (`PIDFILE.status`) how
+    /// many reloads it has completed and how the last ended (`secret-run rotate` reads both).
+    #[serde(default)]
+    pub pidfile: Option<PathBuf>,
 }
 
 /// Which of the child's output streams go through redaction.
@@ -242,6 +246,7 @@ impl Default for RunConfig {
             listen: Vec::new(),
             redact: Redact::Never,
             redact_min_length: six(),
+            pidfile: None,
         }
     }
 }

@@ -25,6 +25,7 @@ mod openbao;
 mod operate;
 mod postgres;
 mod redact;
+mod rotate;
 mod rotation;
 mod support;
 #[cfg(feature = "vault")]

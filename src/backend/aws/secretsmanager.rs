@@ -115,6 +115,10 @@ impl Backend for SecretsManager {
     fn writer(&self) -> Option<&dyn crate::backend::WriteValue> {
         Some(self)
     }
+
+    fn rotation(&self) -> Option<&dyn crate::backend::Rotate> {
+        Some(self)
+    }
 }
 
 impl RemoteRead for SecretsManager {
@@ -206,7 +210,9 @@ impl SecretsManager {
         call = match r.version.as_deref() {
             Some(v) if is_version_id(v) => call.version_id(v),
             Some(v) => call.version_stage(v),
-            None => call,
+            // Named, though it is the default: a service that only moved the label (moto)
+            // may otherwise answer with the version the secret was created with.
+            None => call.version_stage("AWSCURRENT"),
         };
         let out = call.send().await.map_err(|e| {
             let region = self.sdk.region();

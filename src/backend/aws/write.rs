@@ -172,3 +172,115 @@ impl Ssm {
         })
     }
 }
+
+/// Secrets Manager's own staging labels: the new version carries AWSPENDING (reads still get
+/// AWSCURRENT); promoting moves AWSCURRENT to it (the old version gets AWSPREVIOUS); rolling
+/// back takes AWSPENDING off it, and nothing else changed.
+impl crate::backend::Rotate for SecretsManager {
+    fn pending<'a>(
+        &'a self,
+        put: &'a Put,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<crate::backend::Pending, SecretError>> {
+        Box::pin(async move {
+            let run = async {
+                let client = self.client().await?;
+                let region = self.region();
+                let target = format!("secret `{}`", put.path);
+                let out = client
+                    .get_secret_value()
+                    .secret_id(&put.path)
+                    .send()
+                    .await
+                    .map_err(|e| explain(&e, "secretsmanager:GetSecretValue", &region, &target))?;
+                let current = Zeroizing::new(out.secret_string().unwrap_or_default().to_owned());
+                let value = new_value(Some(current.as_str()), put)?;
+                let written = client
+                    .put_secret_value()
+                    .secret_id(&put.path)
+                    .secret_string(value.as_str())
+                    .version_stages("AWSPENDING")
+                    .client_request_token(request_token())
+                    .send()
+                    .await
+                    .map_err(|e| explain(&e, "secretsmanager:PutSecretValue", &region, &target))?;
+                Ok(crate::backend::Pending {
+                    path: put.path.clone(),
+                    new: written.version_id.unwrap_or_default(),
+                    previous: out.version_id,
+                    visible: false,
+                    restore: None,
+                })
+            };
+            tokio::time::timeout_at(deadline, run)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SecretError::unavailable(
+                        "AWS did not complete the write before the deadline (--timeout)",
+                    ))
+                })
+        })
+    }
+
+    fn promote<'a>(
+        &'a self,
+        pending: &'a crate::backend::Pending,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>> {
+        Box::pin(self.move_stage(pending, true, deadline))
+    }
+
+    fn roll_back<'a>(
+        &'a self,
+        pending: &'a crate::backend::Pending,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>> {
+        Box::pin(self.move_stage(pending, false, deadline))
+    }
+}
+
+impl SecretsManager {
+    /// `promote`: AWSCURRENT to the new version; both ways, AWSPENDING off it.
+    async fn move_stage(
+        &self,
+        pending: &crate::backend::Pending,
+        promote: bool,
+        deadline: Instant,
+    ) -> Result<(), SecretError> {
+        let run = async {
+            let client = self.client().await?;
+            let region = self.region();
+            let target = format!("secret `{}`", pending.path);
+            let action = "secretsmanager:UpdateSecretVersionStage";
+            if promote {
+                let mut call = client
+                    .update_secret_version_stage()
+                    .secret_id(&pending.path)
+                    .version_stage("AWSCURRENT")
+                    .move_to_version_id(&pending.new);
+                if let Some(previous) = &pending.previous {
+                    call = call.remove_from_version_id(previous);
+                }
+                call.send()
+                    .await
+                    .map_err(|e| explain(&e, action, &region, &target))?;
+            }
+            client
+                .update_secret_version_stage()
+                .secret_id(&pending.path)
+                .version_stage("AWSPENDING")
+                .remove_from_version_id(&pending.new)
+                .send()
+                .await
+                .map_err(|e| explain(&e, action, &region, &target))?;
+            Ok(())
+        };
+        tokio::time::timeout_at(deadline, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SecretError::unavailable(
+                    "AWS did not complete the stage change before the deadline (--timeout)",
+                ))
+            })
+    }
+}

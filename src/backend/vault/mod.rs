@@ -204,6 +204,10 @@ impl Backend for VaultBackend {
     fn writer(&self) -> Option<&dyn super::WriteValue> {
         Some(self)
     }
+
+    fn rotation(&self) -> Option<&dyn super::Rotate> {
+        Some(self)
+    }
 }
 
 impl RemoteRead for VaultBackend {

@@ -204,3 +204,92 @@ fn new_fields(current: Option<&str>, put: &Put) -> Result<Zeroizing<String>, Sec
     // Only that field changes; the others are written back as they were.
     crate::secret::set_field(current, &crate::secret::Key::Field(field), &put.value)
 }
+
+/// KV v2 keeps versions: the pending version is simply the newest (reads get it at once);
+/// rolling back writes the previous content again as a newer version.
+impl crate::backend::Rotate for VaultBackend {
+    fn pending<'a>(
+        &'a self,
+        put: &'a Put,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<crate::backend::Pending, SecretError>> {
+        Box::pin(async move {
+            let token = self.auth.token(&self.http, deadline).await?;
+            let mounts = self.mounts(&token, deadline).await?;
+            let version = match self.kv_version {
+                Some(v) => v,
+                None => mounts.kv_version(&self.mount)?,
+            };
+            if version != 2 {
+                return Err(SecretError::invalid(format!(
+                    "mount `{}/` is KV version 1, which keeps no versions to roll back to: rotate needs KV v2",
+                    self.mount
+                )));
+            }
+            let path = put.path.trim_matches('/');
+            let api = format!("{}/data/{path}", self.mount);
+            let current = self.current(&api, 2, &token, deadline).await?;
+            let put = Put {
+                path: put.path.clone(),
+                key: put.key.clone(),
+                value: put.value.clone(),
+                cas: Some(current.version),
+                create_only: false,
+            };
+            let written = self.write(&put, deadline).await?;
+            Ok(crate::backend::Pending {
+                path: put.path.clone(),
+                new: written.version.unwrap_or_default(),
+                previous: (current.version > 0).then(|| current.version.to_string()),
+                visible: true,
+                restore: current.fields.map(|f| SecretString::from(f.as_str())),
+            })
+        })
+    }
+
+    fn promote<'a>(
+        &'a self,
+        _pending: &'a crate::backend::Pending,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>> {
+        // The newest version is the current one already.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn roll_back<'a>(
+        &'a self,
+        pending: &'a crate::backend::Pending,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>> {
+        Box::pin(async move {
+            let token = self.auth.token(&self.http, deadline).await?;
+            let path = pending.path.trim_matches('/');
+            let api = format!("{}/data/{path}", self.mount);
+            let cas: u64 = pending.new.parse().unwrap_or(0);
+            let (method, body) = match &pending.restore {
+                Some(fields) => (
+                    Method::POST,
+                    Some(Zeroizing::new(format!(
+                        "{{\"options\":{{\"cas\":{cas}}},\"data\":{}}}",
+                        secrecy::ExposeSecret::expose_secret(fields)
+                    ))),
+                ),
+                // There was nothing before: the new version is deleted.
+                None => (Method::DELETE, None),
+            };
+            let url = self.http.url(&[&api], None);
+            let reply = self
+                .http
+                .call(method, url, Some(&token), body.as_ref(), deadline)
+                .await?;
+            match reply.status.as_u16() {
+                200 | 204 => Ok(()),
+                _ => Err(super::unavailable(
+                    &reply,
+                    &format!("rolling `{api}` back"),
+                    self.http.address(),
+                )),
+            }
+        })
+    }
+}

@@ -16,6 +16,7 @@ mod notify;
 mod policy;
 mod ready;
 mod signals;
+pub mod status;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -104,6 +105,8 @@ pub struct Supervisor<'a> {
     probing: Option<(Pid, Work<'a, bool>)>,
     /// The issued credentials, kept alive while a child uses them.
     leases: Leases,
+    /// `[run] pidfile` and its status file, when asked for.
+    status: Option<status::Status>,
 }
 
 impl std::fmt::Debug for Supervisor<'_> {
@@ -176,6 +179,12 @@ impl<'a> Supervisor<'a> {
             resolving: None,
             probing: None,
             leases,
+            status: plan
+                .run
+                .pidfile
+                .as_deref()
+                .map(status::Status::open)
+                .transpose()?,
         })
     }
 
@@ -354,7 +363,12 @@ impl<'a> Supervisor<'a> {
                     return Some(Input::Probed { pid, ready: true });
                 }
             }
-            Action::Audit(event) => self.audit.record(event),
+            Action::Audit(event) => {
+                if let Some(status) = &mut self.status {
+                    status.observe(&event);
+                }
+                self.audit.record(event);
+            }
             Action::WriteFiles => {
                 if let Err(e) = self.files.write(self.policy.values()) {
                     tracing::error!("cannot rewrite the secret files: {e}");
