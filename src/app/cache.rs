@@ -1,8 +1,6 @@
 //! `secret-run cache keygen|status|clear`, and the cache's part in a start: values served
 //! during an outage (said and audited), and the cache written after a complete start.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use secrecy::ExposeSecret;
@@ -85,29 +83,7 @@ fn keygen(global: &Global, output: Option<PathBuf>, force: bool) -> Result<u8> {
         None => from_manifest(global)?.key_file,
     };
     let (text, recipient) = cache::keygen();
-    let mut options = std::fs::OpenOptions::new();
-    options
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let written = options.open(&path).and_then(|mut f| {
-        // An existing file keeps its mode through truncation: the key is for its owner only.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        f.write_all(text.expose_secret().as_bytes())?;
-        f.sync_all()
-    });
-    match written {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::AlreadyExists(path));
-        }
-        Err(source) => return Err(Error::Write { path, source }),
-    }
+    super::setup::create_private(&path, force, text.expose_secret().as_bytes())?;
     eprintln!("secret-run: wrote a new cache key to {}", path.display());
     write_stdout(format!("{recipient}\n").as_bytes())?;
     Ok(0)

@@ -114,7 +114,7 @@ pub fn export(
         return Ok(0);
     }
     match output {
-        Some(path) => create(path, force, text.as_bytes())?,
+        Some(path) => super::setup::create_private(path, force, text.as_bytes())?,
         None => write_stdout(text.as_bytes())?,
     }
     Ok(0)
@@ -193,35 +193,6 @@ fn github_env(values: &[(&str, &str)]) -> Zeroizing<String> {
         text.push_str(&format!("\n{delimiter}\n"));
     }
     text
-}
-
-/// A new file, 0600 (an existing one only with `force`, set back to 0600).
-fn create(path: &Path, force: bool, bytes: &[u8]) -> Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options
-        .write(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let written = options.open(path).and_then(|mut f| {
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    match written {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(Error::AlreadyExists(path.to_path_buf()))
-        }
-        Err(source) => Err(Error::Write {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
 }
 
 fn append(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -2,6 +2,7 @@
 //! reads, and a stdout that reports when it cannot be written.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use crate::cli::Global;
 use crate::error::{Error, Result};
@@ -43,4 +44,34 @@ pub fn plan_with(
         every_entry,
     };
     plan::build(manifest, &opts)
+}
+
+/// A new file for its owner only, 0600 (an existing one only with `force`, set back to 0600:
+/// a truncated file keeps its mode). `AlreadyExists` (73) without `force`.
+pub fn create_private(path: &std::path::Path, force: bool, bytes: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let written = options.open(path).and_then(|mut f| {
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(Error::AlreadyExists(path.to_path_buf()))
+        }
+        Err(source) => Err(Error::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }

@@ -423,21 +423,7 @@ fn check_mints_nothing_unless_asked_and_then_revokes_what_it_issued() {
 #[test]
 fn bad_dynamic_entries_are_refused_with_the_path_and_the_reason() {
     let bao = crate::openbao::shared();
-    let pki = unique("pki");
-    bao.ok(&["secrets", "enable", "-path", &pki, "pki"]);
-    bao.ok(&[
-        "write",
-        &format!("{pki}/root/generate/internal"),
-        "common_name=test-root",
-        "ttl=1h",
-    ]);
-    bao.ok(&[
-        "write",
-        &format!("{pki}/roles/web"),
-        "allowed_domains=app.internal",
-        "allow_bare_domains=true",
-        "max_ttl=1h",
-    ]);
+    let pki = pki(bao);
     let db_mount = unique("dbx");
     bao.ok(&["secrets", "enable", "-path", &db_mount, "database"]);
     let p = Project::new();
@@ -496,22 +482,9 @@ fn bad_dynamic_entries_are_refused_with_the_path_and_the_reason() {
     }
 }
 
-/// The serial number of the certificate a TLS client sees on `port`, if the handshake succeeds.
-fn served_serial(port: u16) -> Option<String> {
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            &format!("openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"),
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    text.starts_with("serial=").then_some(text)
-}
-
-#[test]
-fn nginx_serves_a_pki_certificate_that_is_re_issued_before_it_expires() {
-    let bao = crate::openbao::shared();
+/// A PKI mount of its own: a root CA, and a role `web` for `app.internal` (certificates of up to
+/// an hour, not backdated, so that they live exactly their TTL).
+fn pki(bao: &Bao) -> String {
     let pki = unique("pki");
     bao.ok(&["secrets", "enable", "-path", &pki, "pki"]);
     bao.ok(&["secrets", "tune", "-max-lease-ttl=24h", &pki]);
@@ -530,6 +503,26 @@ fn nginx_serves_a_pki_certificate_that_is_re_issued_before_it_expires() {
         // No backdating: the certificate lives exactly its TTL.
         "not_before_duration=1s",
     ]);
+    pki
+}
+
+/// The serial number of the certificate a TLS client sees on `port`, if the handshake succeeds.
+fn served_serial(port: u16) -> Option<String> {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    text.starts_with("serial=").then_some(text)
+}
+
+#[test]
+fn nginx_serves_a_pki_certificate_that_is_re_issued_before_it_expires() {
+    let bao = crate::openbao::shared();
+    let pki = pki(bao);
     let p = Project::new();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx-tls");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

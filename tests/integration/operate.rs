@@ -192,23 +192,11 @@ fn get_prints_one_value_and_is_audited() {
 
 #[cfg(all(feature = "vault", feature = "aws"))]
 mod writes {
-    use std::io::Write;
-    use std::process::Stdio;
-
     use crate::openbao::ROOT_TOKEN;
     use crate::support::{Project, Run};
 
-    /// secret-run with `stdin` piped in.
     fn put(p: &Project, env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> Run {
-        let mut cmd = p.cmd();
-        cmd.args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        Run::from(child.wait_with_output().unwrap())
+        crate::support::run_with_stdin(p, args, env, stdin)
     }
 
     const MANIFEST: &str = r#"[audit]

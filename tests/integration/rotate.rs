@@ -4,24 +4,15 @@
 
 #![cfg(all(feature = "vault", feature = "aws"))]
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::openbao::ROOT_TOKEN;
 use crate::support::{Project, Run, Supervised, script, wait_until};
 
 fn rotate(p: &Project, env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> Run {
-    let mut cmd = p.cmd();
-    cmd.arg("rotate")
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    Run::from(child.wait_with_output().unwrap())
+    let mut all = vec!["rotate"];
+    all.extend(args);
+    crate::support::run_with_stdin(p, &all, env, stdin)
 }
 
 /// A service that writes the key it got, then waits (slow to stop on SIGTERM).

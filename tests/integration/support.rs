@@ -166,6 +166,22 @@ impl Run {
     }
 }
 
+/// secret-run with `args`, `env` and `stdin` piped in, run to its end.
+pub fn run_with_stdin(p: &Project, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Run {
+    use std::io::Write;
+    let mut cmd = p.cmd();
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start secret-run");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    Run::from(child.wait_with_output().expect("wait"))
+}
+
 /// Writes an executable script.
 pub fn script(p: &Project, rel: &str, body: &str) -> PathBuf {
     let path = p.write(rel, &format!("#!/bin/sh\n{body}\n"));

@@ -16,10 +16,10 @@ use crate::backend::{Put, WriteValue, Written, check_create_only};
 use crate::secret::SecretError;
 
 /// A write that has not finished by the deadline is abandoned (the SDK cancels it).
-async fn within(
+async fn within<T>(
     deadline: Instant,
-    write: impl std::future::Future<Output = Result<Written, SecretError>>,
-) -> Result<Written, SecretError> {
+    write: impl std::future::Future<Output = Result<T, SecretError>>,
+) -> Result<T, SecretError> {
     tokio::time::timeout_at(deadline, write)
         .await
         .unwrap_or_else(|_| {
@@ -212,13 +212,7 @@ impl crate::backend::Rotate for SecretsManager {
                     restore: None,
                 })
             };
-            tokio::time::timeout_at(deadline, run)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(SecretError::unavailable(
-                        "AWS did not complete the write before the deadline (--timeout)",
-                    ))
-                })
+            within(deadline, run).await
         })
     }
 
@@ -275,12 +269,6 @@ impl SecretsManager {
                 .map_err(|e| explain(&e, action, &region, &target))?;
             Ok(())
         };
-        tokio::time::timeout_at(deadline, run)
-            .await
-            .unwrap_or_else(|_| {
-                Err(SecretError::unavailable(
-                    "AWS did not complete the stage change before the deadline (--timeout)",
-                ))
-            })
+        within(deadline, run).await
     }
 }
