@@ -508,15 +508,7 @@ fn pki(bao: &Bao) -> String {
 
 /// The serial number of the certificate a TLS client sees on `port`, if the handshake succeeds.
 fn served_serial(port: u16) -> Option<String> {
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            &format!("openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"),
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    text.starts_with("serial=").then_some(text)
+    crate::support::served_certificate(port, "-serial").filter(|s| s.starts_with("serial="))
 }
 
 #[test]

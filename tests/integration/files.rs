@@ -344,15 +344,7 @@ fn certificates(p: &Project) {
 #[cfg(feature = "vault")]
 /// The certificate subject a TLS client sees on `port`, if the handshake succeeds.
 fn served_subject(port: u16) -> Option<String> {
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            &format!("openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -subject"),
-        ])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    text.contains("rotation-").then_some(text)
+    crate::support::served_certificate(port, "-subject").filter(|s| s.contains("rotation-"))
 }
 
 #[cfg(feature = "vault")]

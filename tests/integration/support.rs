@@ -166,6 +166,20 @@ impl Run {
     }
 }
 
+/// A field of the certificate a TLS client sees on `port` (`-subject`, `-serial`), as openssl
+/// prints it; `None` when the handshake fails.
+pub fn served_certificate(port: u16, field: &str) -> Option<String> {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout {field}"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
 /// secret-run with `args`, `env` and `stdin` piped in, run to its end.
 pub fn run_with_stdin(p: &Project, args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Run {
     use std::io::Write;

@@ -92,9 +92,14 @@ struct Sim {
 
 impl Sim {
     fn new(run: RunConfig) -> Sim {
+        Sim::starting(run, vec![var("v1")])
+    }
+
+    /// Its first child (PID 100) started at t = 0 with `values`.
+    fn starting(run: RunConfig, values: Vec<ResolvedVar>) -> Sim {
         let t0 = Instant::now();
         let mut sim = Sim {
-            policy: Policy::new(run, vec![var("v1")], false, t0, |d| d, false),
+            policy: Policy::new(run, values, false, t0, |d| d, false),
             t0,
             now: t0,
             next_pid: 100,
@@ -114,16 +119,7 @@ impl Sim {
     fn leased(change: impl FnOnce(&mut RunConfig)) -> Sim {
         let mut run = RunConfig::default();
         change(&mut run);
-        let t0 = Instant::now();
-        let mut sim = Sim {
-            policy: Policy::new(run, vec![leased_var("u1", 1)], false, t0, |d| d, false),
-            t0,
-            now: t0,
-            next_pid: 100,
-        };
-        sim.feed(Input::Spawned(pid(100)));
-        sim.next_pid = 101;
-        sim
+        Sim::starting(run, vec![leased_var("u1", 1)])
     }
 
     /// Moves the clock to `secs` after the start, firing every deadline on the way.
