@@ -15,14 +15,10 @@
 //! 1 MiB); with `key` it must print a JSON object. A non-zero exit is an error that shows the
 //! start of the program's stderr (on the terminal; never in the audit log).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use nix::unistd::Pid;
-use secrecy::zeroize::Zeroizing;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use std::sync::Arc;
@@ -46,12 +42,8 @@ pub const KIND: Kind = Kind {
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Enough to overlap slow providers without starting a process storm.
 const CONCURRENCY: usize = 8;
-/// What of the program's stderr is shown in an error.
-const STDERR_SHOWN: usize = 2000;
 /// The most a provider may print on stdout: a value, or a JSON object of fields for `key`.
 pub const MAX_STDOUT: usize = 1 << 20;
-/// What of a provider's stderr is kept (the rest is read and dropped).
-const MAX_STDERR: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,77 +148,24 @@ impl CommandBackend {
 
     async fn run_one(&self, path: &str, deadline: Instant) -> Result<Fetched, SecretError> {
         let program = self.program();
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(self.args_for(path))
-            .stdin(if self.input == Input::Stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A group of its own: whatever it starts is killed with it (see `Group`), and a
-            // terminal's Ctrl-C reaches secret-run, which decides, rather than the provider.
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
-            SecretError::unavailable(format!(
-                "cannot start `{program}`: {e}{}",
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    " (is it installed and on PATH?)"
-                } else {
-                    ""
-                }
-            ))
-        })?;
-        let mut group = Group(child.id().map(|id| Pid::from_raw(id as i32)));
-        if let Some(mut stdin) = child.stdin.take() {
-            // A program that exits without reading its stdin is not an error here; its exit status says.
-            let _ = stdin.write_all(format!("{path}\n").as_bytes()).await;
-        }
-        let own_limit = Instant::now() + self.timeout;
-        let limit = deadline.min(own_limit);
-        let output = match tokio::time::timeout_at(limit, collect(&mut child)).await {
-            Err(_) if limit < own_limit => {
-                return Err(SecretError::unavailable(format!(
-                    "the resolve deadline ran out while `{program}` was running; it was killed"
-                )));
-            }
-            Err(_) => {
-                return Err(SecretError::unavailable(format!(
-                    "`{program}` did not finish within {}; it was killed",
-                    humantime::format_duration(self.timeout)
-                )));
-            }
-            Ok(Err(Collect::TooLarge)) => {
-                return Err(SecretError::invalid(format!(
-                    "`{program}` printed more than {MAX_STDOUT} bytes on stdout; it was killed (a value is at most {} bytes)",
-                    crate::secret::MAX_ENV_STRING
-                )));
-            }
-            Ok(Err(Collect::Io(e))) => {
-                return Err(SecretError::unavailable(format!("`{program}` failed: {e}")));
-            }
-            Ok(Ok(output)) => output,
-        };
-        // It ended by itself: what it left running in the background is its own business
-        // (an agent it started, say), not a run to cut short.
-        group.0 = None;
-        let (status, mut stdout, stderr) = output;
-        if !status.success() {
-            let stderr = String::from_utf8_lossy(&stderr);
-            let stderr = stderr.trim();
-            let shown: String = stderr.chars().take(STDERR_SHOWN).collect();
+        let ran = super::program::run(
+            &super::program::Program {
+                program,
+                args: self.args_for(path),
+                stdin: (self.input == Input::Stdin).then(|| format!("{path}\n").into_bytes()),
+                timeout: self.timeout,
+                max_stdout: MAX_STDOUT,
+            },
+            deadline,
+        )
+        .await?;
+        if !ran.status.success() {
             return Err(SecretError::unavailable(format!(
-                "`{program}` {}{}",
-                describe_status(status),
-                if shown.is_empty() {
-                    " and printed nothing on stderr".to_owned()
-                } else {
-                    format!("; its stderr:\n      {}", shown.replace('\n', "\n      "))
-                }
+                "`{program}` {}",
+                ran.failure()
             )));
         }
+        let mut stdout = ran.stdout;
         let value = strip_one_newline(value_from_bytes(std::mem::take(&mut *stdout))?);
         if secrecy::ExposeSecret::expose_secret(&value).is_empty() {
             return Err(SecretError::invalid(format!(
@@ -234,72 +173,5 @@ impl CommandBackend {
             )));
         }
         Ok(Fetched::new(value))
-    }
-}
-
-/// A provider's process group, killed whole when its run is abandoned (timeout, deadline, a
-/// signal to secret-run): killing only the program would leave what it started running.
-struct Group(Option<Pid>);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
-enum Collect {
-    TooLarge,
-    Io(std::io::Error),
-}
-
-/// Reads stdout (at most `MAX_STDOUT`) and stderr (the first `MAX_STDERR` kept, the rest read
-/// and dropped, so that the program is never blocked on a full pipe), then waits for the exit.
-async fn collect(
-    child: &mut tokio::process::Child,
-) -> Result<(std::process::ExitStatus, Zeroizing<Vec<u8>>, Vec<u8>), Collect> {
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let out = async {
-        let mut buf = Zeroizing::new(Vec::new());
-        if let Some(s) = stdout {
-            s.take(MAX_STDOUT as u64 + 1)
-                .read_to_end(&mut buf)
-                .await
-                .map_err(Collect::Io)?;
-        }
-        if buf.len() > MAX_STDOUT {
-            return Err(Collect::TooLarge);
-        }
-        Ok(buf)
-    };
-    let err = async {
-        let mut kept = Vec::new();
-        if let Some(mut s) = stderr {
-            let mut chunk = [0u8; 8192];
-            loop {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let room = MAX_STDERR.saturating_sub(kept.len());
-                        kept.extend_from_slice(&chunk[..n.min(room)]);
-                    }
-                }
-            }
-        }
-        Ok(kept)
-    };
-    let (out, err) = tokio::try_join!(out, err)?;
-    let status = child.wait().await.map_err(Collect::Io)?;
-    Ok((status, out, err))
-}
-
-fn describe_status(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}"),
-        _ => "failed".to_owned(),
     }
 }

@@ -18,6 +18,7 @@ pub mod dotenv;
 pub mod env;
 pub mod file;
 pub mod lease;
+pub mod program;
 #[cfg(feature = "vault")]
 pub mod vault;
 
