@@ -107,6 +107,7 @@ fn from_env_file(
         &Context {
             base_dir: PathBuf::from("."),
             issue: false,
+            env_name: None,
         },
     );
     let entries = reader

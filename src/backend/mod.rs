@@ -19,6 +19,7 @@ pub mod env;
 pub mod file;
 pub mod lease;
 pub mod program;
+pub mod sops;
 #[cfg(feature = "vault")]
 pub mod vault;
 
@@ -52,6 +53,7 @@ pub const REGISTRY: &[Kind] = &[
     dotenv::KIND,
     file::KIND,
     command::KIND,
+    sops::KIND,
     #[cfg(feature = "vault")]
     vault::KIND,
     #[cfg(feature = "aws")]
@@ -230,6 +232,10 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
         })
     }
 
+    /// A reload the operator asked for (the reload signal) is coming: forget what was kept from
+    /// earlier reads (a decrypted file), so that it is read afresh. A `watch` tick does not.
+    fn refresh(&self) {}
+
     /// How values are written (`put`, `migrate`); `None`: this kind cannot be written.
     fn writer(&self) -> Option<&dyn WriteValue> {
         None
@@ -375,6 +381,39 @@ pub fn check_create_only(put: &Put, exists: bool, at: &str) -> Result<(), Secret
     Ok(())
 }
 
+/// `text` (a `prefix`, a file name) with `{env}` replaced by `--env` / SECRET_RUN_ENV; `what`
+/// names the setting in messages.
+pub fn expand_env(what: &str, text: &str, env_name: Option<&str>) -> Result<String, Invalid> {
+    let prefix = text;
+    let mut out = String::new();
+    let mut rest = prefix;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let Some(end) = after.find('}') else {
+            return Err(Invalid(format!("{what} `{prefix}` has an unclosed `{{`")));
+        };
+        match &after[1..end] {
+            "env" => match env_name {
+                Some(e) if !e.is_empty() => out.push_str(e),
+                _ => {
+                    return Err(Invalid(format!(
+                        "{what} `{prefix}` uses {{env}}, but no environment was given: pass --env NAME or set SECRET_RUN_ENV"
+                    )));
+                }
+            },
+            other => {
+                return Err(Invalid(format!(
+                    "{what} `{prefix}` has an unknown placeholder `{{{other}}}`; only {{env}} is replaced"
+                )));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// What the backends need from outside their own table.
 #[derive(Debug)]
 pub struct Context {
@@ -382,6 +421,8 @@ pub struct Context {
     pub base_dir: PathBuf,
     /// Read endpoints that create credentials; when `false` they are reported, not read.
     pub issue: bool,
+    /// `--env` / SECRET_RUN_ENV, for `{env}` in a backend's settings (a sops `file`).
+    pub env_name: Option<String>,
 }
 
 /// One distinct read: a full path (prefix applied), an optional version, and what an issuing

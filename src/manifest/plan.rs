@@ -298,6 +298,7 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
     let ctx = Context {
         base_dir: src.dir(),
         issue: opts.issue,
+        env_name: opts.env_name.clone(),
     };
     let mut backends = BTreeMap::new();
     for (name, decl_at) in used {
@@ -347,33 +348,7 @@ fn dedup_problems(problems: &mut Vec<crate::error::ConfigProblem>) {
 
 /// Replaces `{env}`; any other `{...}` is a mistake worth stopping for.
 fn expand_prefix(prefix: &str, env_name: Option<&str>) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = prefix;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        let Some(end) = after.find('}') else {
-            return Err(format!("prefix `{prefix}` has an unclosed `{{`"));
-        };
-        match &after[1..end] {
-            "env" => match env_name {
-                Some(e) if !e.is_empty() => out.push_str(e),
-                _ => {
-                    return Err(format!(
-                        "prefix `{prefix}` uses {{env}}, but no environment was given: pass --env NAME or set SECRET_RUN_ENV"
-                    ));
-                }
-            },
-            other => {
-                return Err(format!(
-                    "prefix `{prefix}` has an unknown placeholder `{{{other}}}`; only {{env}} is replaced"
-                ));
-            }
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    crate::backend::expand_env("prefix", prefix, env_name).map_err(|e| e.0)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod postgres;
 mod redact;
 mod rotate;
 mod rotation;
+mod sops;
 mod support;
 #[cfg(feature = "vault")]
 mod vault;

@@ -356,6 +356,11 @@ impl<'a> Supervisor<'a> {
                 }));
             }
             Action::Release(tags) => self.leases.release(&tags),
+            Action::Refresh => {
+                for handle in self.plan.backends.values() {
+                    handle.backend.refresh();
+                }
+            }
             Action::Probe(pid) => {
                 if let Some(ready) = &self.plan.run.ready {
                     self.probing = Some((pid, Box::pin(ready::probe(ready, pid))));

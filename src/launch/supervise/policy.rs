@@ -72,6 +72,8 @@ pub enum Action {
     },
     /// Resolve every secret again; answer with `Resolved`.
     Resolve,
+    /// Before a resolve that is not a `watch` tick: backends read afresh what they keep.
+    Refresh,
     /// Ask once whether the new child is ready; answer with `Probed`.
     Probe(Pid),
     Audit(Event),
@@ -926,6 +928,9 @@ impl Policy {
             if let Some(trigger) = self.pending.take() {
                 tracing::debug!(trigger = trigger.as_str(), "reloading");
                 self.task = Task::Reloading(trigger);
+                if trigger != Trigger::Watch {
+                    out.push(Action::Refresh);
+                }
                 if self.manager {
                     out.push(Action::Tell(Tell::Reloading));
                     self.reload_told = true;

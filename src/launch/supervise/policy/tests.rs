@@ -857,3 +857,16 @@ fn an_expiring_credential_nobody_uses_any_more_asks_for_nothing() {
     let mut sim = Sim::leased(|_| {});
     assert_eq!(resolves(&sim.feed(Input::Expiring(7))), 0);
 }
+
+#[test]
+fn a_reload_signal_refreshes_what_backends_keep_and_a_watch_tick_does_not() {
+    let mut sim = Sim::with(|r| r.watch = Some(Duration::from_secs(10)));
+    let out = sim.at(10.0);
+    assert_eq!(resolves(&out), 1);
+    assert!(!out.contains(&Action::Refresh), "{out:?}");
+    sim.feed(Input::Resolved(found("v1")));
+    sim.at(12.0);
+    let out = sim.feed(Input::Signal(SIGHUP));
+    assert_eq!(resolves(&out), 1);
+    assert!(out.contains(&Action::Refresh), "{out:?}");
+}
