@@ -167,6 +167,8 @@ pub enum Event {
         what: LeaseEvent,
         lease: LeaseRecord,
     },
+    /// `restart_spread`: new values wait this long before they are applied.
+    SpreadWait { delay_ms: u64 },
     /// The child `pid` was started with these issued credentials.
     LeaseUse { pid: i32, leases: Vec<String> },
     /// A backend was unavailable at start: these variables came from the cache, confirmed
@@ -339,6 +341,9 @@ impl Event {
                 ("cache-serve", object(json!({ "vars": vars })))
             }
             Event::Get { var } => ("get", object(json!({ "var": var }))),
+            Event::SpreadWait { delay_ms } => {
+                ("spread-wait", object(json!({ "delay_ms": delay_ms })))
+            }
             Event::Rotate {
                 var,
                 step,

@@ -103,6 +103,10 @@ pub struct RunConfig {
     /// many reloads it has completed and how the last ended (`secret-run rotate` reads both).
     #[serde(default)]
     pub pidfile: Option<PathBuf>,
+    /// New values found by a reload are applied after a random delay within this window, so
+    /// that a fleet that sees one rotation together does not restart together.
+    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    pub restart_spread: Option<Duration>,
 }
 
 /// Which of the child's output streams go through redaction.
@@ -247,6 +251,7 @@ impl Default for RunConfig {
             redact: Redact::Never,
             redact_min_length: six(),
             pidfile: None,
+            restart_spread: None,
         }
     }
 }

@@ -586,3 +586,34 @@ fn exec_mode_audits_the_resolve_and_the_exec() {
             .contains("CANARY")
     );
 }
+
+#[test]
+fn restart_spread_applies_a_change_after_a_random_delay_within_the_window() {
+    let p = project("restart_spread = \"2s\"\nmin_restart_interval = \"100ms\"");
+    let run = Supervised::start(&p, &["--", "bin/service"]);
+    wait_until("the first child", Duration::from_secs(10), || {
+        starts(&p).len() == 1
+    });
+    p.write("run/token", "CANARY-rotation-v2\n");
+    run.signal(Signal::SIGHUP);
+    wait_until("the restart", Duration::from_secs(10), || {
+        starts(&p).len() == 2
+    });
+    assert!(starts(&p)[1].ends_with("CANARY-rotation-v2"));
+    let waited = audit(&p, "spread-wait");
+    let delay = waited[0]["delay_ms"].as_u64().unwrap();
+    assert!(delay <= 2000, "{delay}");
+    // The old child was stopped no sooner than the delay after the change was found.
+    let ms = |v: &serde_json::Value| {
+        let ts = v["ts"].as_str().unwrap();
+        humantime::parse_rfc3339(ts).unwrap()
+    };
+    let found = ms(&reloads(&p, "changed")[0]);
+    let restarted = ms(&audit(&p, "restart")[0]);
+    let took = restarted.duration_since(found).unwrap();
+    assert!(
+        took + Duration::from_millis(5) >= Duration::from_millis(delay),
+        "{took:?} < {delay} ms"
+    );
+    run.stop_expecting(0);
+}

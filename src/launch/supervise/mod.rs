@@ -149,6 +149,7 @@ impl<'a> Supervisor<'a> {
             start.reload_asked,
             std::time::Instant::now(),
             splay,
+            spread,
             manager.is_some(),
         );
         let (message_tx, messages) = tokio::sync::mpsc::unbounded_channel();
@@ -487,6 +488,12 @@ impl<'a> Supervisor<'a> {
             }
         }
     }
+}
+
+/// Anywhere in `[0, window]`, drawn per process: replicas that see a change together apply it
+/// apart.
+fn spread(window: Duration) -> Duration {
+    window.mul_f64(fastrand::f64())
 }
 
 /// ±10% around `d`, so that a fleet started together does not poll in step.

@@ -171,6 +171,11 @@ enum Task {
     Discarding {
         new: Pid,
     },
+    /// `restart_spread`: new values wait until `until`, the child runs on the old ones.
+    Spreading {
+        values: Vec<ResolvedVar>,
+        until: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -195,6 +200,8 @@ pub struct Policy {
     failures: u32,
     /// Spreads `watch` (±10% in the real supervisor; none in tests).
     splay: fn(Duration) -> Duration,
+    /// A delay within `restart_spread`'s window (uniform in the real supervisor).
+    spread: fn(Duration) -> Duration,
     /// secret-run has a service manager to tell READY, RELOADING, STOPPING.
     manager: bool,
     /// The first child's readiness, awaited for the manager's READY.
@@ -220,6 +227,7 @@ impl Policy {
         reload_asked: bool,
         now: Instant,
         splay: fn(Duration) -> Duration,
+        spread: fn(Duration) -> Duration,
         manager: bool,
     ) -> Policy {
         let next_watch = run.watch.map(|d| now + splay(d));
@@ -240,6 +248,7 @@ impl Policy {
             next_watch,
             failures: 0,
             splay,
+            spread,
             manager,
             first: None,
             reload_told: false,
@@ -306,8 +315,13 @@ impl Policy {
         let reload = (idle && self.pending.is_some() && self.child.is_some())
             .then(|| self.reload_allowed_at());
         let later = self.later.iter().map(|(at, _)| *at);
+        let spreading = match &self.task {
+            Task::Spreading { until, .. } => Some(*until),
+            _ => None,
+        };
         kills
             .chain(later)
+            .chain(spreading)
             .chain(watch)
             .chain(probe)
             .chain(restart)
@@ -408,7 +422,11 @@ impl Policy {
             return;
         }
         let mut used = tags(&self.values);
-        if let Task::Trying { previous, .. } = &self.task {
+        if let Task::Trying { previous, .. }
+        | Task::Spreading {
+            values: previous, ..
+        } = &self.task
+        {
             used.extend(tags(previous));
         }
         for held in self.held.values().chain(self.later.iter().map(|(_, t)| t)) {
@@ -662,6 +680,32 @@ impl Policy {
             self.set_values(vars, out);
             return;
         }
+        // A fleet that sees one change together spreads its restarts (`restart_spread`); an
+        // expiring credential does not wait.
+        if let Some(window) = self
+            .run
+            .restart_spread
+            .filter(|_| trigger != Trigger::Lease)
+        {
+            let delay = (self.spread)(window).min(window);
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "reload: new values; applying them after a random delay (restart_spread)"
+            );
+            out.push(Action::Audit(Event::SpreadWait {
+                delay_ms: delay.as_millis() as u64,
+            }));
+            self.task = Task::Spreading {
+                values: vars,
+                until: now + delay,
+            };
+            return;
+        }
+        self.apply(child, vars, now, out);
+    }
+
+    /// Hands new values to the child with the `on_change` policy.
+    fn apply(&mut self, child: Child, vars: Vec<ResolvedVar>, now: Instant, out: &mut Vec<Action>) {
         tracing::info!(policy = ?self.run.on_change, "reload: applying new values");
         // The files first: a child told to re-read them (on_change = "signal"), or started
         // anew, finds the new content.
@@ -877,6 +921,14 @@ impl Policy {
                 tracing::debug!("watch: checking the backends for a rotation");
                 self.pending.get_or_insert(Trigger::Watch);
                 self.next_watch = Some(now + (self.splay)(every));
+            }
+        }
+        if matches!(&self.task, Task::Spreading { until, .. } if *until <= now) {
+            if let Task::Spreading { values, .. } = std::mem::replace(&mut self.task, Task::Idle) {
+                match self.child.filter(|_| !self.stopping) {
+                    Some(child) => self.apply(child, values, now, out),
+                    None => self.release_unused(tags(&values), out),
+                }
             }
         }
         let trying = match &mut self.task {

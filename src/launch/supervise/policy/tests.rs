@@ -99,7 +99,7 @@ impl Sim {
     fn starting(run: RunConfig, values: Vec<ResolvedVar>) -> Sim {
         let t0 = Instant::now();
         let mut sim = Sim {
-            policy: Policy::new(run, values, false, t0, |d| d, false),
+            policy: Policy::new(run, values, false, t0, |d| d, |d| d / 2, false),
             t0,
             now: t0,
             next_pid: 100,
@@ -691,7 +691,7 @@ fn the_service_manager_hears_ready_reloading_ready_and_stopping() {
             ..RunConfig::default()
         };
         let t0 = Instant::now();
-        let mut policy = Policy::new(run, vec![var("v1")], false, t0, |d| d, true);
+        let mut policy = Policy::new(run, vec![var("v1")], false, t0, |d| d, |d| d, true);
         let out = policy.handle(Input::Spawned(pid(100)), t0);
         let what = format!("{ready:?}: {out:?}");
         assert_eq!(
@@ -869,4 +869,37 @@ fn a_reload_signal_refreshes_what_backends_keep_and_a_watch_tick_does_not() {
     let out = sim.feed(Input::Signal(SIGHUP));
     assert_eq!(resolves(&out), 1);
     assert!(out.contains(&Action::Refresh), "{out:?}");
+}
+
+#[test]
+fn restart_spread_applies_new_values_after_a_delay_within_the_window() {
+    let mut sim = Sim::leased(|r| r.restart_spread = Some(Duration::from_secs(10)));
+    sim.feed(Input::Signal(SIGHUP));
+    let out = sim.feed(Input::Resolved(issued("u2", 2)));
+    assert!(
+        events(&out).contains(&&Event::SpreadWait { delay_ms: 5000 }),
+        "{out:?}"
+    );
+    assert!(sent(&out).is_empty(), "nothing applied yet: {out:?}");
+    assert!(
+        released(&out).is_empty(),
+        "the waiting values are kept: {out:?}"
+    );
+    assert!(sent(&sim.at(4.9)).is_empty());
+    assert_eq!(sent(&sim.at(5.1)), vec![(100, SIGTERM)]);
+    let out = sim.feed(Input::Exited {
+        pid: pid(100),
+        code: 143,
+    });
+    assert_eq!(spawns(&out), 1);
+    assert_eq!(released(&out), vec![1]);
+    assert_eq!(sim.value(), "u2");
+}
+
+#[test]
+fn restart_spread_does_not_delay_replacing_an_expiring_credential() {
+    let mut sim = Sim::leased(|r| r.restart_spread = Some(Duration::from_secs(10)));
+    sim.feed(Input::Expiring(1));
+    let out = sim.feed(Input::Resolved(issued("u2", 2)));
+    assert_eq!(sent(&out), vec![(100, SIGTERM)]);
 }
