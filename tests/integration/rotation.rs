@@ -617,3 +617,47 @@ fn restart_spread_applies_a_change_after_a_random_delay_within_the_window() {
     );
     run.stop_expecting(0);
 }
+
+#[test]
+fn watch_on_vault_reads_metadata_and_only_a_changed_or_deleted_secret_again() {
+    let bao = crate::openbao::shared();
+    let put = |v: &str| {
+        bao.ok(&[
+            "kv",
+            "put",
+            "secret/t-watch-meta/token",
+            &format!("value={v}"),
+        ]);
+    };
+    put("CANARY-rotation-v1");
+    let p = Project::with_manifest(&format!(
+        "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"t-watch-meta/token\" }}\n[run]\nwatch = \"1s\"\nmin_restart_interval = \"100ms\"\n[audit]\npath = \"audit.jsonl\"\n",
+        bao.addr
+    ));
+    service(&p);
+    let run = Supervised::start_env(
+        &p,
+        &["-vvv", "--", "./bin/service"],
+        &[("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)],
+    );
+    let log = || std::fs::read_to_string(p.path("secret-run.err")).unwrap_or_default();
+    wait_until(
+        "a tick that did not read the value",
+        Duration::from_secs(10),
+        || log().contains("unchanged; its value is not read again"),
+    );
+    assert_eq!(starts(&p).len(), 1);
+    put("CANARY-rotation-v2");
+    wait_until("the new version", Duration::from_secs(10), || {
+        starts(&p).len() == 2
+    });
+    assert!(log().contains("a new version; reading it"));
+    assert!(starts(&p)[1].ends_with("CANARY-rotation-v2"));
+    // A deleted current version is read, and fails as gone: the child keeps its value.
+    bao.ok(&["kv", "delete", "secret/t-watch-meta/token"]);
+    wait_until("a failed reload", Duration::from_secs(10), || {
+        !reloads(&p, "failed").is_empty()
+    });
+    assert_eq!(starts(&p).len(), 2);
+    run.stop_expecting(0);
+}

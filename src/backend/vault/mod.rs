@@ -27,6 +27,7 @@
 //! unless `VAULT_SKIP_VERIFY` is set to true, which is warned about on every run.
 
 pub mod auth;
+mod changes;
 pub mod http;
 mod issued;
 mod mounts;
@@ -157,6 +158,8 @@ pub struct VaultBackend {
     /// Issuing endpoints are read (not for `check` without `--issue`).
     issue: bool,
     revoke: bool,
+    /// What was read before, to read again only what changed.
+    seen: changes::Seen,
 }
 
 impl Backend for VaultBackend {
@@ -203,6 +206,10 @@ impl Backend for VaultBackend {
 
     fn writer(&self) -> Option<&dyn super::WriteValue> {
         Some(self)
+    }
+
+    fn refresh(&self) {
+        self.seen.forget();
     }
 
     fn rotation(&self) -> Option<&dyn super::Rotate> {
@@ -285,6 +292,7 @@ impl VaultBackend {
             max_parallel,
             issue: ctx.issue,
             revoke: config.revoke.unwrap_or(true),
+            seen: changes::Seen::default(),
         })
     }
 
@@ -306,7 +314,19 @@ impl VaultBackend {
                 async move {
                     match mounts.place(&r.path) {
                         Place::Api { engine } => self.read_api(r, engine, token, deadline).await,
-                        Place::Kv => self.read(r, version?, token, deadline).await,
+                        Place::Kv => {
+                            let version = version?;
+                            if version == 2 {
+                                if let Some(f) = self.unchanged(r, token, deadline).await {
+                                    return Ok(f);
+                                }
+                            }
+                            let read = self.read(r, version, token, deadline).await;
+                            if let (2, Ok(f)) = (version, &read) {
+                                self.seen.remember(r, f);
+                            }
+                            read
+                        }
                     }
                 }
             })
