@@ -375,3 +375,38 @@ print(k['AccessKeyId'], k['SecretAccessKey'])
         .code(77)
         .stderr_has("the IAM policy needs `ssm:GetParameters`");
 }
+
+#[test]
+fn watch_asks_describe_secret_and_reads_only_what_changed() {
+    let m = moto::shared();
+    m.py("sm.create_secret(Name='t-watch/a', SecretString='CANARY-aws-plain-0c1d')\nsm.create_secret(Name='t-watch/b', SecretString='b1')");
+    let p = Project::with_manifest(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\nA = { backend = \"aws\", path = \"t-watch/a\" }\nB = { backend = \"aws\", path = \"t-watch/b\" }\n[run]\nwatch = \"1s\"\nmin_restart_interval = \"100ms\"\n",
+    );
+    let e = env(m, &[]);
+    let run = crate::support::Supervised::start_env(
+        &p,
+        &[
+            "-vvv",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$B\" >> seen; exec sleep 60",
+        ],
+        &as_refs(&e),
+    );
+    let log = || std::fs::read_to_string(p.path("secret-run.err")).unwrap_or_default();
+    crate::support::wait_until("a tick that read no value", Duration::from_secs(10), || {
+        log()
+            .matches("unchanged; its value is not read again")
+            .count()
+            >= 2
+    });
+    m.py("sm.put_secret_value(SecretId='t-watch/b', SecretString='b2')");
+    crate::support::wait_until("the new value", Duration::from_secs(10), || {
+        std::fs::read_to_string(p.path("seen")).is_ok_and(|s| s.lines().last() == Some("b2"))
+    });
+    assert!(log().contains("a new AWSCURRENT version; reading it"));
+    let stderr = run.stop_expecting(143);
+    assert!(!stderr.contains("CANARY"));
+}

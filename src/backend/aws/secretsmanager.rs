@@ -74,6 +74,10 @@ pub struct SecretsManager {
     sdk: Sdk,
     client: OnceCell<Client>,
     encoding: Option<Encoding>,
+    /// The current version id and value read last for each unpinned secret: a re-read
+    /// (`watch`, a restart) asks `DescribeSecret` (40,000 calls/s per account) which version is
+    /// current, and reads values (`BatchGetSecretValue`: 100 calls/s) only for those that moved.
+    seen: std::sync::Mutex<HashMap<Request, (String, Fetched)>>,
 }
 
 /// A version id is a UUID; anything else names a staging label.
@@ -119,6 +123,10 @@ impl Backend for SecretsManager {
     fn rotation(&self) -> Option<&dyn crate::backend::Rotate> {
         Some(self)
     }
+
+    fn refresh(&self) {
+        self.seen().clear();
+    }
 }
 
 impl RemoteRead for SecretsManager {
@@ -141,7 +149,40 @@ impl SecretsManager {
             sdk: Sdk::new(config.common.clone()),
             client: OnceCell::new(),
             encoding: config.encoding,
+            seen: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Request, (String, Fetched)>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The value read before, when `DescribeSecret` says its version is still AWSCURRENT.
+    async fn unchanged(&self, client: &Client, r: &Request) -> Option<Fetched> {
+        let known = self.seen().get(r).map(|(v, _)| v.clone())?;
+        let out = client
+            .describe_secret()
+            .secret_id(&r.path)
+            .send()
+            .await
+            .ok()?;
+        let current = out
+            .version_ids_to_stages()?
+            .iter()
+            .find_map(|(id, stages)| {
+                stages
+                    .iter()
+                    .any(|s| s == "AWSCURRENT")
+                    .then_some(id.clone())
+            })?;
+        if current != known {
+            tracing::debug!(secret = %r.path, "a new AWSCURRENT version; reading it");
+            return None;
+        }
+        tracing::trace!(secret = %r.path, "unchanged; its value is not read again");
+        self.seen().get(r).map(|(_, f)| f.copy())
     }
 
     /// The region calls go to, for messages.
@@ -169,13 +210,32 @@ impl SecretsManager {
     async fn fetch_all(&self, requests: &[Request]) -> FetchResult {
         let client = self.client().await?;
         let mut results: HashMap<usize, Result<Fetched, SecretError>> = HashMap::new();
+        // Read before: asked which version is current, and kept when it did not move.
+        let known: Vec<usize> = (0..requests.len())
+            .filter(|&i| self.seen().contains_key(&requests[i]))
+            .collect();
+        let checks: Vec<_> = known
+            .iter()
+            .map(|&i| async move { (i, self.unchanged(client, &requests[i]).await) })
+            .collect();
+        let checked: Vec<(usize, Option<Fetched>)> = futures_util::stream::iter(checks)
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        for (i, kept) in checked {
+            if let Some(f) = kept {
+                results.insert(i, Ok(f));
+            }
+        }
         // Current values can be batched; a pinned stage or version id cannot.
-        let (current, pinned): (Vec<usize>, Vec<usize>) = (0..requests.len()).partition(|&i| {
-            requests[i]
-                .version
-                .as_deref()
-                .is_none_or(|v| v == "AWSCURRENT")
-        });
+        let (current, pinned): (Vec<usize>, Vec<usize>) = (0..requests.len())
+            .filter(|i| !results.contains_key(i))
+            .partition(|&i| {
+                requests[i]
+                    .version
+                    .as_deref()
+                    .is_none_or(|v| v == "AWSCURRENT")
+            });
         let mut singles = pinned;
         if current.len() >= 2 {
             match self.batch(client, requests, &current).await {
@@ -197,6 +257,14 @@ impl SecretsManager {
             .collect()
             .await;
         results.extend(got);
+        for (i, r) in &results {
+            let request = &requests[*i];
+            if let (None, Ok(f)) = (&request.version, r) {
+                if let Some(v) = &f.version {
+                    self.seen().insert(request.clone(), (v.clone(), f.copy()));
+                }
+            }
+        }
         tracing::debug!(
             calls = self.calls(),
             secrets = requests.len(),
