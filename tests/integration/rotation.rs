@@ -618,6 +618,7 @@ fn restart_spread_applies_a_change_after_a_random_delay_within_the_window() {
     run.stop_expecting(0);
 }
 
+#[cfg(feature = "vault")]
 #[test]
 fn watch_on_vault_reads_metadata_and_only_a_changed_or_deleted_secret_again() {
     let bao = crate::openbao::shared();
