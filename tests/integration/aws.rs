@@ -410,3 +410,88 @@ fn watch_asks_describe_secret_and_reads_only_what_changed() {
     let stderr = run.stop_expecting(143);
     assert!(!stderr.contains("CANARY"));
 }
+
+/// The throttling proxy fixture (tests/fixtures/throttle_proxy.py) in front of `m`, with
+/// per-operation `limits` (`{"secretsmanager.BatchGetSecretValue": [rate, burst]}`).
+struct Throttle {
+    port: u16,
+    _keeper: crate::kept::Kept,
+    _dir: tempfile::TempDir,
+}
+
+impl Throttle {
+    fn start(m: &Moto, limits: &str) -> Throttle {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::kept::free_port_pair();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/throttle_proxy.py"
+        );
+        let args = [
+            script.to_owned(),
+            port.to_string(),
+            format!("127.0.0.1:{}", m.port),
+            limits.to_owned(),
+        ];
+        let keeper = crate::kept::Kept::spawn(
+            &crate::kept::venv_bin("python"),
+            &args,
+            &dir.path().join("proxy.log"),
+            &[],
+        );
+        assert!(
+            crate::support::poll_until(Duration::from_secs(10), || {
+                crate::kept::http_status(port, "GET", "/_counts") == Some(200)
+            }),
+            "the throttling proxy did not start"
+        );
+        Throttle {
+            port,
+            _keeper: keeper,
+            _dir: dir,
+        }
+    }
+
+    fn counts(&self) -> serde_json::Value {
+        let out = std::process::Command::new("curl")
+            .args(["-fsS", &format!("http://127.0.0.1:{}/_counts", self.port)])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[test]
+fn a_throttled_batch_falls_back_to_single_reads_and_the_start_succeeds() {
+    let m = moto::shared();
+    let mut create = String::new();
+    let mut secrets = String::new();
+    for i in 0..30 {
+        create.push_str(&format!(
+            "sm.create_secret(Name='t-throttle/s{i:02}', SecretString='v{i}')\n"
+        ));
+        secrets.push_str(&format!(
+            "S{i:02} = {{ backend = \"aws\", path = \"t-throttle/s{i:02}\" }}\n"
+        ));
+    }
+    m.py(&create);
+    // The batch API allows nothing at all: every batch call is throttled.
+    let proxy = Throttle::start(m, r#"{"secretsmanager.BatchGetSecretValue": [0, 0]}"#);
+    let p = Project::with_manifest(&format!(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\n{secrets}"
+    ));
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let dump = crate::support::child_env(&p, &["-v"], &as_refs(&e));
+    assert_eq!(dump["S00"], "v0");
+    assert_eq!(dump["S29"], "v29");
+    let counts = proxy.counts();
+    assert_eq!(
+        counts["secretsmanager.BatchGetSecretValue"]["throttled"], 2,
+        "{counts}"
+    );
+    assert_eq!(
+        counts["secretsmanager.GetSecretValue"]["ok"], 30,
+        "{counts}"
+    );
+}

@@ -230,6 +230,19 @@ impl Intercept for CallCounter {
 /// The largest AWS reply read (a batch of 20 secrets of 64 KiB each is 1.3 MB of JSON).
 pub const MAX_REPLY: u64 = 16 << 20;
 
+/// AWS refused the call for its rate (the account's quota for that API).
+pub fn is_throttled<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(
+        err.as_service_error().and_then(|e| e.code()),
+        Some(
+            "ThrottlingException"
+                | "TooManyRequestsException"
+                | "Throttling"
+                | "RequestLimitExceeded"
+        )
+    )
+}
+
 /// Explains an SDK error that is not specific to one secret: credentials, network, timeouts,
 /// throttling, access. `action` is the IAM action the call needs (`secretsmanager:GetSecretValue`).
 pub fn explain<E>(

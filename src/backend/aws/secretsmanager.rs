@@ -239,7 +239,16 @@ impl SecretsManager {
         let mut singles = pinned;
         if current.len() >= 2 {
             match self.batch(client, requests, &current).await {
-                Ok(found) => results.extend(found),
+                Ok((found, throttled)) => {
+                    results.extend(found);
+                    if !throttled.is_empty() {
+                        tracing::info!(
+                            secrets = throttled.len(),
+                            "BatchGetSecretValue was throttled; reading those secrets with GetSecretValue"
+                        );
+                        singles.extend(throttled);
+                    }
+                }
                 Err(BatchRefused(e)) => {
                     tracing::debug!(error = %e, "BatchGetSecretValue is not allowed; falling back to GetSecretValue per secret");
                     singles.extend(&current);
@@ -316,13 +325,15 @@ impl SecretsManager {
     }
 
     /// Batched reads, 20 ids a call, the calls in parallel. `Err` only when the policy refuses
-    /// the batch call itself, so that the caller falls back.
+    /// the batch call itself, so that the caller falls back. A throttled batch call (its quota,
+    /// 100 calls/s per account, is the first a fleet meets) is not retried: its ids come back in
+    /// `.1`, to be read one by one (`GetSecretValue`: 10,000 calls/s).
     async fn batch(
         &self,
         client: &Client,
         requests: &[Request],
         indices: &[usize],
-    ) -> Result<Vec<(usize, Result<Fetched, SecretError>)>, BatchRefused> {
+    ) -> Result<Batched, BatchRefused> {
         let calls: Vec<_> = indices
             .chunks(BATCH)
             .map(|chunk| async move {
@@ -330,6 +341,12 @@ impl SecretsManager {
                 let out = client
                     .batch_get_secret_value()
                     .set_secret_id_list(Some(ids))
+                    .customize()
+                    .config_override(
+                        aws_sdk_secretsmanager::config::Config::builder().retry_config(
+                            aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(1),
+                        ),
+                    )
                     .send()
                     .await;
                 (chunk, out)
@@ -341,12 +358,17 @@ impl SecretsManager {
             .await;
         let region = self.sdk.region();
         let mut results = Vec::new();
+        let mut throttled = Vec::new();
         for (chunk, out) in answers {
             let out = match out {
                 Ok(out) => out,
                 Err(e) => {
                     if super::is_denied(&e) {
                         return Err(BatchRefused(e.to_string()));
+                    }
+                    if super::is_throttled(&e) {
+                        throttled.extend_from_slice(chunk);
+                        continue;
                     }
                     let err = explain(
                         &e,
@@ -399,7 +421,7 @@ impl SecretsManager {
                 results.push((i, result));
             }
         }
-        Ok(results)
+        Ok((results, throttled))
     }
 
     fn value(&self, id: &str, reply: &Reply<'_>) -> Result<Fetched, SecretError> {
@@ -442,6 +464,9 @@ impl SecretsManager {
 }
 
 struct BatchRefused(String);
+
+/// A batch's results, and the requests it left to single reads (throttled).
+type Batched = (Vec<(usize, Result<Fetched, SecretError>)>, Vec<usize>);
 
 #[cfg(test)]
 mod tests {
