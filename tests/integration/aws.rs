@@ -409,6 +409,18 @@ fn watch_asks_describe_secret_and_reads_only_what_changed() {
     assert!(log().contains("a new AWSCURRENT version; reading it"));
     let stderr = run.stop_expecting(143);
     assert!(!stderr.contains("CANARY"));
+    // recheck = "values": every tick reads the values again, in batches.
+    let q = Project::with_manifest(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\nrecheck = \"values\"\n[secrets]\nA = { backend = \"aws\", path = \"t-watch/a\" }\nB = { backend = \"aws\", path = \"t-watch/b\" }\n[run]\nwatch = \"1s\"\n",
+    );
+    let run =
+        crate::support::Supervised::start_env(&q, &["-vvv", "--", "sleep", "60"], &as_refs(&e));
+    let log = || std::fs::read_to_string(q.path("secret-run.err")).unwrap_or_default();
+    crate::support::wait_until("two ticks", Duration::from_secs(10), || {
+        log().matches("Secrets Manager reads done").count() >= 3
+    });
+    assert!(!log().contains("unchanged; its value is not read again"));
+    run.stop_expecting(143);
 }
 
 /// The throttling proxy fixture (tests/fixtures/throttle_proxy.py) in front of `m`, with

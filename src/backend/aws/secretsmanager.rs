@@ -8,6 +8,7 @@
 //! # endpoint_url = "https://vpce-….secretsmanager.us-east-1.vpce.amazonaws.com"   # else AWS_ENDPOINT_URL
 //! # profile = "trading-prod"
 //! # encoding = "base64"             # pass a binary secret on base64-encoded (else it must be UTF-8)
+//! # recheck = "describe"            # re-reads ask DescribeSecret first; "values": read them all
 //!
 //! [secrets]
 //! API_KEY_ID  = { backend = "aws", path = "alpaca", key = "api_key_id" }
@@ -16,7 +17,11 @@
 //!
 //! `version` is a staging label (`AWSCURRENT`, `AWSPREVIOUS`, a custom one) or a version id (a
 //! UUID). Two or more current secrets go through `BatchGetSecretValue`, 20 per call; when the
-//! policy does not allow it, secret-run falls back, once, to parallel `GetSecretValue` calls.
+//! policy does not allow it, or AWS throttles it, secret-run falls back to parallel
+//! `GetSecretValue` calls. A re-read (`watch`, a restart) asks `DescribeSecret` which version is
+//! current and reads only what moved (`recheck = "describe"`, the default: within quota at any
+//! fleet size, but one call per secret); `recheck = "values"` reads every value again in batches
+//! (a twentieth of the calls, under the batch API's 100 calls/s). docs/scale.md has the numbers.
 
 use std::collections::HashMap;
 
@@ -67,6 +72,19 @@ pub struct Config {
     #[serde(flatten)]
     pub common: Common,
     pub encoding: Option<Encoding>,
+    #[serde(default)]
+    pub recheck: Recheck,
+}
+
+/// How a re-read finds what changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recheck {
+    /// `DescribeSecret` per secret, values only for those that moved.
+    #[default]
+    Describe,
+    /// Every value read again.
+    Values,
 }
 
 #[derive(Debug)]
@@ -78,6 +96,7 @@ pub struct SecretsManager {
     /// (`watch`, a restart) asks `DescribeSecret` (40,000 calls/s per account) which version is
     /// current, and reads values (`BatchGetSecretValue`: 100 calls/s) only for those that moved.
     seen: std::sync::Mutex<HashMap<Request, (String, Fetched)>>,
+    recheck: Recheck,
 }
 
 /// A version id is a UUID; anything else names a staging label.
@@ -150,6 +169,7 @@ impl SecretsManager {
             client: OnceCell::new(),
             encoding: config.encoding,
             seen: std::sync::Mutex::new(HashMap::new()),
+            recheck: config.recheck,
         }
     }
 
@@ -212,7 +232,9 @@ impl SecretsManager {
         let mut results: HashMap<usize, Result<Fetched, SecretError>> = HashMap::new();
         // Read before: asked which version is current, and kept when it did not move.
         let known: Vec<usize> = (0..requests.len())
-            .filter(|&i| self.seen().contains_key(&requests[i]))
+            .filter(|&i| {
+                self.recheck == Recheck::Describe && self.seen().contains_key(&requests[i])
+            })
             .collect();
         let checks: Vec<_> = known
             .iter()
