@@ -167,6 +167,8 @@ pub enum Event {
         what: LeaseEvent,
         lease: LeaseRecord,
     },
+    /// `max_concurrent_restarts`: waiting for a restart slot, one taken, one given back.
+    Slot { what: &'static str },
     /// `restart_spread`: new values wait this long before they are applied.
     SpreadWait { delay_ms: u64 },
     /// The child `pid` was started with these issued credentials.
@@ -341,6 +343,7 @@ impl Event {
                 ("cache-serve", object(json!({ "vars": vars })))
             }
             Event::Get { var } => ("get", object(json!({ "var": var }))),
+            Event::Slot { what } => (what, Map::new()),
             Event::SpreadWait { delay_ms } => {
                 ("spread-wait", object(json!({ "delay_ms": delay_ms })))
             }

@@ -241,6 +241,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// Restart slots shared by a fleet (`[run] max_concurrent_restarts`): vault only.
+    fn slots(&self) -> Option<&dyn Slots> {
+        None
+    }
+
     /// How a value is rotated (`rotate`): only kinds that keep versions to go back to.
     fn rotation(&self) -> Option<&dyn Rotate> {
         None
@@ -332,6 +337,28 @@ pub trait WriteValue: Sync {
         put: &'a Put,
         deadline: tokio::time::Instant,
     ) -> BoxFuture<'a, Result<Written, SecretError>>;
+}
+
+/// A semaphore a fleet shares through its backend: `n` slots, each held until it expires.
+pub trait Slots: Sync {
+    /// Takes (or renews) a slot at `path` for `holder`, for `ttl`; `Ok(false)` when all `n` are
+    /// held by others.
+    fn acquire<'a>(
+        &'a self,
+        path: &'a str,
+        n: u32,
+        holder: &'a str,
+        ttl: std::time::Duration,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<bool, SecretError>>;
+
+    /// Gives `holder`'s slot back.
+    fn release<'a>(
+        &'a self,
+        path: &'a str,
+        holder: &'a str,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'a, Result<(), SecretError>>;
 }
 
 /// A new version written for `rotate`, not yet confirmed.

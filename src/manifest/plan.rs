@@ -300,6 +300,32 @@ pub fn build(manifest: Manifest, opts: &PlanOptions) -> Result<Plan> {
         issue: opts.issue,
         env_name: opts.env_name.clone(),
     };
+    if let Some(slots) = &manifest.run.max_concurrent_restarts {
+        match known.get(slots.vault.as_str()) {
+            _ if slots.n == 0 => problems.push(src.problem_at(
+                None,
+                "[run] max_concurrent_restarts: `n` must be at least 1",
+            )),
+            Some((spec, _, at)) if spec.kind.name == "vault" => {
+                used.entry(slots.vault.clone()).or_insert(*at);
+            }
+            Some((spec, _, _)) => problems.push(src.problem_at(
+                None,
+                format!(
+                    "[run] max_concurrent_restarts: backend `{}` is of kind {}; the slots live in a vault backend (KV v2)",
+                    slots.vault, spec.kind.name
+                ),
+            )),
+            None => problems.push(src.problem_at(
+                None,
+                format!(
+                    "[run] max_concurrent_restarts: backend `{}` does not exist{}",
+                    slots.vault,
+                    did_you_mean(&slots.vault, known.keys().copied())
+                ),
+            )),
+        }
+    }
     let mut backends = BTreeMap::new();
     for (name, decl_at) in used {
         let (spec, _, _) = known[name.as_str()];

@@ -107,6 +107,27 @@ pub struct RunConfig {
     /// that a fleet that sees one rotation together does not restart together.
     #[serde(default, deserialize_with = "crate::duration::de_opt")]
     pub restart_spread: Option<Duration>,
+    /// At most `n` replicas hand over at once, coordinated through a Vault KV v2 key.
+    pub max_concurrent_restarts: Option<RestartSlots>,
+}
+
+/// `[run] max_concurrent_restarts = { n = 2, vault = "NAME", path = "locks/payments" }`: a
+/// semaphore of `n` slots kept in a Vault KV v2 secret, written with check-and-set; a slot
+/// expires after `ttl`, so that a replica that dies gives its slot back.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSlots {
+    pub n: u32,
+    /// A `[backends.NAME]` of kind vault.
+    pub vault: String,
+    /// The secret that holds the slots, relative to that backend's KV mount.
+    pub path: String,
+    #[serde(default = "two_minutes", deserialize_with = "de_duration")]
+    pub ttl: Duration,
+}
+
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// Which of the child's output streams go through redaction.
@@ -252,6 +273,7 @@ impl Default for RunConfig {
             redact_min_length: six(),
             pidfile: None,
             restart_spread: None,
+            max_concurrent_restarts: None,
         }
     }
 }

@@ -662,3 +662,90 @@ fn watch_on_vault_reads_metadata_and_only_a_changed_or_deleted_secret_again() {
     assert_eq!(starts(&p).len(), 2);
     run.stop_expecting(0);
 }
+
+#[cfg(feature = "vault")]
+#[test]
+fn max_concurrent_restarts_lets_one_replica_at_a_time_hand_over() {
+    let bao = crate::openbao::shared();
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/t-slots/token",
+        "value=CANARY-rotation-v1",
+    ]);
+    bao.ok(&["kv", "metadata", "delete", "secret/t-slots/locks"]);
+    let manifest = format!(
+        "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"t-slots/token\" }}\n\
+         [run]\nmin_restart_interval = \"100ms\"\nmax_concurrent_restarts = {{ n = 1, vault = \"vault\", path = \"t-slots/locks\" }}\n[audit]\npath = \"audit.jsonl\"\n",
+        bao.addr
+    );
+    let replicas: Vec<Project> = (0..3).map(|_| Project::with_manifest(&manifest)).collect();
+    let runs: Vec<Supervised> = replicas
+        .iter()
+        .map(|p| {
+            // Slow to stop: a hand-over takes a while, so that overlaps would show.
+            script(
+                p,
+                "bin/service",
+                "trap 'sleep 0.5; echo \"term $$\" >> events.log; exit 0' TERM\necho \"start $$ $TOKEN\" >> events.log\nwhile :; do sleep 0.05; done",
+            );
+            Supervised::start_env(
+                p,
+                &["--", "./bin/service"],
+                &[("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)],
+            )
+        })
+        .collect();
+    for p in &replicas {
+        wait_until("each first child", Duration::from_secs(10), || {
+            starts(p).len() == 1
+        });
+    }
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/t-slots/token",
+        "value=CANARY-rotation-v2",
+    ]);
+    for r in &runs {
+        r.signal(Signal::SIGHUP);
+    }
+    for p in &replicas {
+        wait_until(
+            "every replica on the new value",
+            Duration::from_secs(40),
+            || starts(p).len() == 2,
+        );
+        assert!(starts(p)[1].ends_with("CANARY-rotation-v2"));
+    }
+    for p in &replicas {
+        wait_until("the slot given back", Duration::from_secs(10), || {
+            !audit(p, "slot-released").is_empty()
+        });
+    }
+    // The slots were held one after another, never two at once.
+    let ts = |v: &serde_json::Value| humantime::parse_rfc3339(v["ts"].as_str().unwrap()).unwrap();
+    let mut held: Vec<(std::time::SystemTime, std::time::SystemTime)> = replicas
+        .iter()
+        .map(|p| {
+            (
+                ts(&audit(p, "slot-acquired")[0]),
+                ts(&audit(p, "slot-released")[0]),
+            )
+        })
+        .collect();
+    held.sort();
+    for pair in held.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two replicas held a slot at once: {held:?}"
+        );
+    }
+    assert!(
+        replicas.iter().any(|p| !audit(p, "slot-wait").is_empty()),
+        "someone waited"
+    );
+    for r in runs {
+        r.stop_expecting(0);
+    }
+}

@@ -31,6 +31,7 @@ mod changes;
 pub mod http;
 mod issued;
 mod mounts;
+mod slots;
 mod write;
 
 use std::path::PathBuf;
@@ -210,6 +211,10 @@ impl Backend for VaultBackend {
 
     fn refresh(&self) {
         self.seen.forget();
+    }
+
+    fn slots(&self) -> Option<&dyn super::Slots> {
+        Some(self)
     }
 
     fn rotation(&self) -> Option<&dyn super::Rotate> {

@@ -26,9 +26,9 @@ impl WriteValue for VaultBackend {
 }
 
 /// The current fields of a secret and the version they are (0: none yet).
-struct Current {
-    fields: Option<Zeroizing<String>>,
-    version: u64,
+pub(super) struct Current {
+    pub(super) fields: Option<Zeroizing<String>>,
+    pub(super) version: u64,
 }
 
 impl VaultBackend {
@@ -107,7 +107,7 @@ impl VaultBackend {
         }
     }
 
-    async fn current(
+    pub(super) async fn current(
         &self,
         api_path: &str,
         version: u8,

@@ -107,6 +107,12 @@ pub struct Supervisor<'a> {
     leases: Leases,
     /// `[run] pidfile` and its status file, when asked for.
     status: Option<status::Status>,
+    /// A request for a restart slot, while it runs.
+    acquiring: Option<Work<'a, bool>>,
+    /// Slots being given back.
+    slot_work: futures_util::stream::FuturesUnordered<Work<'a, ()>>,
+    /// Who this replica is in the restart slots: host, PID and a random part.
+    holder: String,
 }
 
 impl std::fmt::Debug for Supervisor<'_> {
@@ -186,6 +192,16 @@ impl<'a> Supervisor<'a> {
                 .as_deref()
                 .map(status::Status::open)
                 .transpose()?,
+            acquiring: None,
+            slot_work: futures_util::stream::FuturesUnordered::new(),
+            holder: format!(
+                "{}-{}-{:08x}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "host".into()),
+                std::process::id(),
+                fastrand::u32(..)
+            ),
         })
     }
 
@@ -193,6 +209,14 @@ impl<'a> Supervisor<'a> {
         let result = self.supervise().await;
         // Every credential still held is revoked before secret-run exits; a failure is
         // logged and audited, and the exit code stays the child's.
+        // A run that ends during a hand-over gives its restart slot back.
+        if self.policy.holding_slot() {
+            self.act(Action::ReleaseSlot);
+        }
+        while futures_util::StreamExt::next(&mut self.slot_work)
+            .await
+            .is_some()
+        {}
         let leases = std::mem::take(&mut self.leases);
         if !leases.is_empty() {
             for event in leases.finish().await {
@@ -229,6 +253,11 @@ impl<'a> Supervisor<'a> {
                     self.noted(notes);
                     self.feed(Input::Tick);
                 }
+                ok = next_of(&mut self.acquiring) => {
+                    self.acquiring = None;
+                    self.feed(Input::Acquired(ok));
+                }
+                Some(()) = futures_util::StreamExt::next(&mut self.slot_work), if !self.slot_work.is_empty() => {}
                 done = self.leases.next_done() => {
                     let notes = self.leases.done(done);
                     self.noted(notes);
@@ -295,6 +324,19 @@ impl<'a> Supervisor<'a> {
         }
     }
 
+    /// The backend that keeps the restart slots, and their settings.
+    fn slots(
+        &self,
+    ) -> Option<(
+        &'a dyn crate::backend::Slots,
+        &'a crate::manifest::run::RestartSlots,
+    )> {
+        let plan: &'a Plan = self.plan;
+        let config = plan.run.max_concurrent_restarts.as_ref()?;
+        let slots = plan.backends.get(&config.vault)?.backend.slots()?;
+        Some((slots, config))
+    }
+
     /// Which issued credentials the child `pid` was started with.
     fn record_use(&mut self, pid: Pid) {
         let tags: std::collections::BTreeSet<u64> = self
@@ -357,6 +399,35 @@ impl<'a> Supervisor<'a> {
                 }));
             }
             Action::Release(tags) => self.leases.release(&tags),
+            Action::Acquire => {
+                let Some((slots, config)) = self.slots() else {
+                    return Some(Input::Acquired(true));
+                };
+                let holder = self.holder.clone();
+                self.acquiring = Some(Box::pin(async move {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                    slots
+                        .acquire(&config.path, config.n, &holder, config.ttl, deadline)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!("cannot ask for a restart slot: {e}");
+                            false
+                        })
+                }));
+            }
+            Action::ReleaseSlot => {
+                if let Some((slots, config)) = self.slots() {
+                    let holder = self.holder.clone();
+                    self.slot_work.push(Box::pin(async move {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                        if let Err(e) = slots.release(&config.path, &holder, deadline).await {
+                            tracing::warn!(
+                                "cannot give the restart slot back (it expires by its ttl): {e}"
+                            );
+                        }
+                    }));
+                }
+            }
             Action::Refresh => {
                 for handle in self.plan.backends.values() {
                     handle.backend.refresh();

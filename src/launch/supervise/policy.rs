@@ -29,6 +29,8 @@ pub const STOPPING: &[Signal] = &[Signal::SIGTERM, Signal::SIGINT, Signal::SIGQU
 const MIN_RELOAD_GAP: Duration = Duration::from_secs(1);
 /// Between two readiness probes of a new child.
 const PROBE_PAUSE: Duration = Duration::from_millis(100);
+/// Between two requests for a restart slot when all are taken.
+const SLOT_RETRY: Duration = Duration::from_secs(5);
 /// A child that ran this long before failing starts the back-off over.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
@@ -51,6 +53,9 @@ pub enum Input {
     /// The issued credential `tag` must be replaced before it ends (it cannot be renewed,
     /// its maximum is near, or its renewal failed): reload, issuing it anew.
     Expiring(u64),
+    /// The answer to `Action::Acquire`: a restart slot was had, or all were taken (or the
+    /// backend could not be asked).
+    Acquired(bool),
     /// Nothing but time: the deadline `next_deadline` gave has passed.
     Tick,
 }
@@ -74,6 +79,10 @@ pub enum Action {
     Resolve,
     /// Before a resolve that is not a `watch` tick: backends read afresh what they keep.
     Refresh,
+    /// Take a restart slot (`max_concurrent_restarts`); answer with `Acquired`.
+    Acquire,
+    /// Give the restart slot back.
+    ReleaseSlot,
     /// Ask once whether the new child is ready; answer with `Probed`.
     Probe(Pid),
     Audit(Event),
@@ -176,6 +185,12 @@ enum Task {
         values: Vec<ResolvedVar>,
         until: Instant,
     },
+    /// `max_concurrent_restarts`: new values wait for a restart slot (asked again at `retry`).
+    Acquiring {
+        values: Vec<ResolvedVar>,
+        retry: Option<Instant>,
+        told: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -215,6 +230,8 @@ pub struct Policy {
     /// Credentials a child was told to stop using (`on_change = "signal"`), released when
     /// it has had `stop_timeout` to do so.
     later: Vec<(Instant, BTreeSet<u64>)>,
+    /// A restart slot is held for the hand-over under way.
+    holding_slot: bool,
 }
 
 impl Policy {
@@ -255,7 +272,13 @@ impl Policy {
             ever_started: false,
             held: BTreeMap::new(),
             later: Vec::new(),
+            holding_slot: false,
         }
+    }
+
+    /// A restart slot is held (given back at exit when the run ends during a hand-over).
+    pub fn holding_slot(&self) -> bool {
+        self.holding_slot
     }
 
     /// The values the next child is started with.
@@ -317,6 +340,7 @@ impl Policy {
         let later = self.later.iter().map(|(at, _)| *at);
         let spreading = match &self.task {
             Task::Spreading { until, .. } => Some(*until),
+            Task::Acquiring { retry, .. } => *retry,
             _ => None,
         };
         kills
@@ -352,6 +376,7 @@ impl Policy {
             Input::Probed { pid, ready } => self.on_probed(pid, ready, now, &mut out),
             Input::Notified { pid } => self.on_ready(pid, now, &mut out),
             Input::Expiring(tag) => self.on_expiring(tag),
+            Input::Acquired(ok) => self.on_acquired(ok, now, &mut out),
             Input::Tick => {}
         }
         self.advance(now, &mut out);
@@ -424,6 +449,9 @@ impl Policy {
         let mut used = tags(&self.values);
         if let Task::Trying { previous, .. }
         | Task::Spreading {
+            values: previous, ..
+        }
+        | Task::Acquiring {
             values: previous, ..
         } = &self.task
         {
@@ -704,8 +732,52 @@ impl Policy {
         self.apply(child, vars, now, out);
     }
 
-    /// Hands new values to the child with the `on_change` policy.
+    /// A restart slot's answer: the waiting values are applied, or asked for again later.
+    fn on_acquired(&mut self, ok: bool, now: Instant, out: &mut Vec<Action>) {
+        let Task::Acquiring { told, .. } = &mut self.task else {
+            if ok {
+                // Nobody waits for it any more (the run is stopping): give it back.
+                self.holding_slot = true;
+            }
+            return;
+        };
+        if !ok {
+            if !*told {
+                *told = true;
+                tracing::info!(
+                    "every restart slot is taken; the child keeps its values and secret-run asks again"
+                );
+                out.push(Action::Audit(Event::Slot { what: "slot-wait" }));
+            }
+            if let Task::Acquiring { retry, .. } = &mut self.task {
+                *retry = Some(now + SLOT_RETRY);
+            }
+            return;
+        }
+        self.holding_slot = true;
+        out.push(Action::Audit(Event::Slot {
+            what: "slot-acquired",
+        }));
+        if let Task::Acquiring { values, .. } = std::mem::replace(&mut self.task, Task::Idle) {
+            match self.child.filter(|_| !self.stopping) {
+                Some(child) => self.apply(child, values, now, out),
+                None => self.release_unused(tags(&values), out),
+            }
+        }
+    }
+
+    /// Hands new values to the child with the `on_change` policy (after taking a restart slot,
+    /// with `max_concurrent_restarts`).
     fn apply(&mut self, child: Child, vars: Vec<ResolvedVar>, now: Instant, out: &mut Vec<Action>) {
+        if self.run.max_concurrent_restarts.is_some() && !self.holding_slot {
+            self.task = Task::Acquiring {
+                values: vars,
+                retry: None,
+                told: false,
+            };
+            out.push(Action::Acquire);
+            return;
+        }
         tracing::info!(policy = ?self.run.on_change, "reload: applying new values");
         // The files first: a child told to re-read them (on_change = "signal"), or started
         // anew, finds the new content.
@@ -923,6 +995,16 @@ impl Policy {
                 self.next_watch = Some(now + (self.splay)(every));
             }
         }
+        if let Task::Acquiring { retry, values, .. } = &mut self.task {
+            if self.stopping {
+                let values = std::mem::take(values);
+                self.task = Task::Idle;
+                self.release_unused(tags(&values), out);
+            } else if retry.is_some_and(|at| at <= now) {
+                *retry = None;
+                out.push(Action::Acquire);
+            }
+        }
         if matches!(&self.task, Task::Spreading { until, .. } if *until <= now) {
             if let Task::Spreading { values, .. } = std::mem::replace(&mut self.task, Task::Idle) {
                 match self.child.filter(|_| !self.stopping) {
@@ -956,6 +1038,13 @@ impl Policy {
                 );
                 self.first = None;
             }
+        }
+        if self.holding_slot && matches!(self.task, Task::Idle) {
+            self.holding_slot = false;
+            out.push(Action::ReleaseSlot);
+            out.push(Action::Audit(Event::Slot {
+                what: "slot-released",
+            }));
         }
         if self.reload_told && matches!(self.task, Task::Idle) {
             self.reload_told = false;

@@ -903,3 +903,39 @@ fn restart_spread_does_not_delay_replacing_an_expiring_credential() {
     let out = sim.feed(Input::Resolved(issued("u2", 2)));
     assert_eq!(sent(&out), vec![(100, SIGTERM)]);
 }
+
+#[test]
+fn max_concurrent_restarts_waits_for_a_slot_and_gives_it_back_after_the_hand_over() {
+    let mut sim = Sim::with(|r| {
+        r.max_concurrent_restarts = Some(crate::manifest::run::RestartSlots {
+            n: 1,
+            vault: "vault".into(),
+            path: "locks/app".into(),
+            ttl: Duration::from_secs(120),
+        });
+    });
+    sim.feed(Input::Signal(SIGHUP));
+    let out = sim.feed(Input::Resolved(found("v2")));
+    assert!(out.contains(&Action::Acquire), "{out:?}");
+    assert!(sent(&out).is_empty(), "no restart without a slot: {out:?}");
+    // All slots taken: the child keeps its values; asked again 5 s later.
+    let out = sim.feed(Input::Acquired(false));
+    assert!(events(&out).contains(&&Event::Slot { what: "slot-wait" }));
+    assert!(!sim.at(4.9).contains(&Action::Acquire));
+    assert!(sim.at(5.1).contains(&Action::Acquire));
+    assert_eq!(sim.value(), "v1");
+    // A slot: the restart goes ahead, and the slot is given back once the new child runs.
+    let out = sim.feed(Input::Acquired(true));
+    assert_eq!(sent(&out), vec![(100, SIGTERM)]);
+    assert!(!out.contains(&Action::ReleaseSlot));
+    let out = sim.feed(Input::Exited {
+        pid: pid(100),
+        code: 143,
+    });
+    assert_eq!(spawns(&out), 1);
+    assert!(out.contains(&Action::ReleaseSlot), "{out:?}");
+    assert!(events(&out).contains(&&Event::Slot {
+        what: "slot-released"
+    }));
+    assert_eq!(sim.value(), "v2");
+}
