@@ -115,8 +115,17 @@ pub fn run(global: &Global, json: bool, issue: bool, interrupts: &Interrupts) ->
     if code == 0 && files.iter().any(|f| f.problem.is_some()) {
         code = crate::code::SECRET_MISSING;
     }
+    let calls: Vec<serde_json::Value> = plan
+        .backends
+        .iter()
+        .filter_map(|(name, h)| {
+            h.backend.calls().map(|c| {
+                serde_json::json!({ "name": name, "kind": h.kind, "calls": c.calls, "throttled": c.throttled })
+            })
+        })
+        .collect();
     let out = if json {
-        render_json(global, &rows, &files, code)
+        render_json(global, &rows, &files, &calls, code)
     } else {
         let mut text = render_table(&rows) + &render_files(&files);
         if count > 0 {
@@ -202,7 +211,13 @@ fn render_files(files: &[FileRow]) -> String {
     out
 }
 
-fn render_json(global: &Global, rows: &[Row], files: &[FileRow], code: u8) -> String {
+fn render_json(
+    global: &Global,
+    rows: &[Row],
+    files: &[FileRow],
+    calls: &[serde_json::Value],
+    code: u8,
+) -> String {
     let secrets: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -226,6 +241,7 @@ fn render_json(global: &Global, rows: &[Row], files: &[FileRow], code: u8) -> St
         "ok": code == 0,
         "exit_code": code,
         "secrets": secrets,
+        "backends": calls,
         "files": files
             .iter()
             .map(|f| serde_json::json!({ "path": f.path, "bytes": f.bytes, "problem": f.problem }))

@@ -241,6 +241,11 @@ pub trait Backend: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// API calls made so far and how many were throttled, for a backend with a call quota.
+    fn calls(&self) -> Option<Calls> {
+        None
+    }
+
     /// Restart slots shared by a fleet (`[run] max_concurrent_restarts`): vault only.
     fn slots(&self) -> Option<&dyn Slots> {
         None
@@ -337,6 +342,13 @@ pub trait WriteValue: Sync {
         put: &'a Put,
         deadline: tokio::time::Instant,
     ) -> BoxFuture<'a, Result<Written, SecretError>>;
+}
+
+/// A backend's API calls (every attempt) and those refused for their rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Calls {
+    pub calls: usize,
+    pub throttled: usize,
 }
 
 /// A semaphore a fleet shares through its backend: `n` slots, each held until it expires.

@@ -505,5 +505,74 @@ fn a_throttled_batch_falls_back_to_single_reads_and_the_start_succeeds() {
     assert_eq!(
         counts["secretsmanager.GetSecretValue"]["ok"], 30,
         "{counts}"
+    ); // Visible at -v, and counted by check --json.
+    let r = run(&p, &["-v", "check", "--json"], &e);
+    r.code(0).stderr_has("AWS throttled a call");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["backends"][0]["throttled"], 2, "{}", r.stdout);
+    assert_eq!(doc["backends"][0]["calls"], 32, "{}", r.stdout);
+}
+
+#[test]
+fn concurrent_starts_through_the_published_rates_all_succeed() {
+    let m = moto::shared();
+    let mut create = String::new();
+    let mut secrets = String::new();
+    for i in 0..40 {
+        create.push_str(&format!(
+            "sm.create_secret(Name='t-fleet/s{i:02}', SecretString='v{i}')\n"
+        ));
+        secrets.push_str(&format!(
+            "S{i:02} = {{ backend = \"aws\", path = \"t-fleet/s{i:02}\" }}\n"
+        ));
+    }
+    m.py(&create);
+    // A fifth of the batch quota, so that 60 replicas starting at once meet it.
+    let proxy = Throttle::start(
+        m,
+        r#"{"secretsmanager.BatchGetSecretValue": [20, 20], "secretsmanager.GetSecretValue": [2000, 500]}"#,
+    );
+    let p = Project::with_manifest(&format!(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\n{secrets}"
+    ));
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let starts: Vec<_> = (0..60)
+        .map(|_| {
+            let mut cmd = p.cmd();
+            cmd.args([
+                "--timeout",
+                "60s",
+                "--exec",
+                "--",
+                "sh",
+                "-c",
+                "test \"$S39\" = v39",
+            ])
+            .envs(e.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let failed: Vec<String> = starts
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .filter(|o| !o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 60 starts failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let counts = proxy.counts();
+    assert!(
+        counts["secretsmanager.BatchGetSecretValue"]["throttled"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "the quota was met: {counts}"
     );
 }

@@ -156,9 +156,18 @@ fn nothing_runs_when_the_manifest_is_invalid() {
 #[test]
 fn max_concurrent_restarts_needs_a_vault_backend_and_at_least_one_slot() {
     for (slots, needle) in [
-        ("{ n = 0, vault = \"vault\", path = \"l\" }", "`n` must be at least 1"),
-        ("{ n = 1, vault = \"dotenv\", path = \"l\" }", "is of kind dotenv"),
-        ("{ n = 1, vault = \"vualt\", path = \"l\" }", "backend `vualt` does not exist"),
+        (
+            "{ n = 0, vault = \"vault\", path = \"l\" }",
+            "`n` must be at least 1",
+        ),
+        (
+            "{ n = 1, vault = \"dotenv\", path = \"l\" }",
+            "is of kind dotenv",
+        ),
+        (
+            "{ n = 1, vault = \"vualt\", path = \"l\" }",
+            "backend `vualt` does not exist",
+        ),
     ] {
         let p = crate::support::Project::with_manifest(&format!(
             "[backends.vault]\nkind = \"vault\"\naddress = \"http://127.0.0.1:1\"\n[secrets]\nA = \"a\"\n[run]\nmax_concurrent_restarts = {slots}\n"

@@ -114,7 +114,14 @@ async fn within(
 pub struct Sdk {
     common: Common,
     config: OnceCell<SdkConfig>,
-    calls: Arc<AtomicUsize>,
+    calls: Arc<Counts>,
+}
+
+/// API calls made (every attempt) and those AWS throttled.
+#[derive(Debug, Default)]
+pub struct Counts {
+    calls: AtomicUsize,
+    throttled: AtomicUsize,
 }
 
 impl Sdk {
@@ -122,7 +129,7 @@ impl Sdk {
         Sdk {
             common,
             config: OnceCell::new(),
-            calls: Arc::new(AtomicUsize::new(0)),
+            calls: Arc::new(Counts::default()),
         }
     }
 
@@ -175,12 +182,20 @@ impl Sdk {
     }
 
     pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::Relaxed)
+        self.calls.calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls made and calls throttled, for `check --json`.
+    pub fn counts(&self) -> crate::backend::Calls {
+        crate::backend::Calls {
+            calls: self.calls(),
+            throttled: self.calls.throttled.load(Ordering::Relaxed),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct CallCounter(Arc<AtomicUsize>);
+pub struct CallCounter(Arc<Counts>);
 
 impl Intercept for CallCounter {
     fn name(&self) -> &'static str {
@@ -193,7 +208,7 @@ impl Intercept for CallCounter {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.0.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let (service, operation) = cfg
             .load::<Metadata>()
             .map_or(("?", "?"), |m| (m.service(), m.name()));
@@ -211,6 +226,14 @@ impl Intercept for CallCounter {
         _cfg: &mut ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         let response = context.response();
+        let throttled = response
+            .headers()
+            .get("x-amzn-errortype")
+            .is_some_and(|t| t.starts_with("Throttling") || t.starts_with("TooManyRequests"));
+        if throttled {
+            let n = self.0.throttled.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(throttled = n, "AWS throttled a call (its API's rate quota)");
+        }
         let declared = response
             .headers()
             .get("content-length")

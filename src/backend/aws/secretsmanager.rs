@@ -139,6 +139,10 @@ impl Backend for SecretsManager {
         Some(self)
     }
 
+    fn calls(&self) -> Option<crate::backend::Calls> {
+        Some(self.sdk.counts())
+    }
+
     fn rotation(&self) -> Option<&dyn crate::backend::Rotate> {
         Some(self)
     }
@@ -266,7 +270,7 @@ impl SecretsManager {
                     if !throttled.is_empty() {
                         tracing::info!(
                             secrets = throttled.len(),
-                            "BatchGetSecretValue was throttled; reading those secrets with GetSecretValue"
+                            "BatchGetSecretValue was throttled (or did not get through); reading those secrets with GetSecretValue"
                         );
                         singles.extend(throttled);
                     }
@@ -388,7 +392,18 @@ impl SecretsManager {
                     if super::is_denied(&e) {
                         return Err(BatchRefused(e.to_string()));
                     }
-                    if super::is_throttled(&e) {
+                    // Not retried here (one attempt): a throttled call, and one that did not get
+                    // through, are read one by one, with the SDK's retries.
+                    if super::is_throttled(&e)
+                        || matches!(
+                            e,
+                            aws_smithy_runtime_api::client::result::SdkError::DispatchFailure(_)
+                                | aws_smithy_runtime_api::client::result::SdkError::TimeoutError(_)
+                                | aws_smithy_runtime_api::client::result::SdkError::ResponseError(
+                                    _
+                                )
+                        )
+                    {
                         throttled.extend_from_slice(chunk);
                         continue;
                     }

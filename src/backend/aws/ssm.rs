@@ -122,6 +122,10 @@ impl Backend for Ssm {
     fn writer(&self) -> Option<&dyn crate::backend::WriteValue> {
         Some(self)
     }
+
+    fn calls(&self) -> Option<crate::backend::Calls> {
+        Some(self.sdk.counts())
+    }
 }
 
 impl RemoteRead for Ssm {
