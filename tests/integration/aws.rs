@@ -576,3 +576,38 @@ fn concurrent_starts_through_the_published_rates_all_succeed() {
         "the quota was met: {counts}"
     );
 }
+
+#[test]
+fn watch_on_parameter_store_asks_versions_and_reads_only_what_changed() {
+    let m = moto::shared();
+    m.py("ssm.put_parameter(Name='/t-watch-ssm/a', Value='CANARY-ssm-v1-7d8e', Type='SecureString')\nssm.put_parameter(Name='/t-watch-ssm/b', Value='b1', Type='String')");
+    let p = Project::with_manifest(
+        "[backends.ssm]\nkind = \"aws-ssm\"\n[secrets]\nA = { backend = \"ssm\", path = \"/t-watch-ssm/a\" }\nB = { backend = \"ssm\", path = \"/t-watch-ssm/b\" }\n[run]\nwatch = \"1s\"\nmin_restart_interval = \"100ms\"\n",
+    );
+    let e = env(m, &[]);
+    let run = crate::support::Supervised::start_env(
+        &p,
+        &[
+            "-vvv",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$B\" >> seen; exec sleep 60",
+        ],
+        &as_refs(&e),
+    );
+    let log = || std::fs::read_to_string(p.path("secret-run.err")).unwrap_or_default();
+    crate::support::wait_until("a tick that read no value", Duration::from_secs(10), || {
+        log()
+            .matches("unchanged; its value is not read again")
+            .count()
+            >= 2
+    });
+    m.py("ssm.put_parameter(Name='/t-watch-ssm/b', Value='b2', Type='String', Overwrite=True)");
+    crate::support::wait_until("the new value", Duration::from_secs(10), || {
+        std::fs::read_to_string(p.path("seen")).is_ok_and(|s| s.lines().last() == Some("b2"))
+    });
+    assert!(log().contains("a new version; reading it"));
+    let stderr = run.stop_expecting(143);
+    assert!(!stderr.contains("CANARY"));
+}

@@ -754,28 +754,45 @@ fn max_concurrent_restarts_lets_one_replica_at_a_time_hand_over() {
 #[test]
 fn a_replica_killed_while_holding_a_restart_slot_blocks_the_others_only_until_it_expires() {
     let bao = crate::openbao::shared();
-    bao.ok(&["kv", "put", "secret/t-slots-kill/token", "value=CANARY-rotation-v1"]);
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/t-slots-kill/token",
+        "value=CANARY-rotation-v1",
+    ]);
     let manifest = format!(
         "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"t-slots-kill/token\" }}\n\
          [run]\nmin_restart_interval = \"100ms\"\nstop_timeout = \"30s\"\nmax_concurrent_restarts = {{ n = 1, vault = \"vault\", path = \"t-slots-kill/locks\", ttl = \"3s\" }}\n[audit]\npath = \"audit.jsonl\"\n",
         bao.addr
     );
-    let (a, b) = (Project::with_manifest(&manifest), Project::with_manifest(&manifest));
+    let (a, b) = (
+        Project::with_manifest(&manifest),
+        Project::with_manifest(&manifest),
+    );
     // A's child is very slow to stop: A's hand-over is still under way when A is killed.
     for (p, stop) in [(&a, "sleep 20; exit 0"), (&b, "exit 0")] {
         script(
             p,
             "bin/service",
-            &format!("trap '{stop}' TERM\necho \"start $$ $TOKEN\" >> events.log\nwhile :; do sleep 0.05; done"),
+            &format!(
+                "trap '{stop}' TERM\necho \"start $$ $TOKEN\" >> events.log\nwhile :; do sleep 0.05; done"
+            ),
         );
     }
     let env = [("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)];
     let run_a = Supervised::start_env(&a, &["--", "./bin/service"], &env);
     let run_b = Supervised::start_env(&b, &["--", "./bin/service"], &env);
     for p in [&a, &b] {
-        wait_until("the first children", Duration::from_secs(10), || starts(p).len() == 1);
+        wait_until("the first children", Duration::from_secs(10), || {
+            starts(p).len() == 1
+        });
     }
-    bao.ok(&["kv", "put", "secret/t-slots-kill/token", "value=CANARY-rotation-v2"]);
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/t-slots-kill/token",
+        "value=CANARY-rotation-v2",
+    ]);
     run_a.signal(Signal::SIGHUP);
     wait_until("A holding the slot", Duration::from_secs(10), || {
         !audit(&a, "slot-acquired").is_empty()
@@ -783,7 +800,9 @@ fn a_replica_killed_while_holding_a_restart_slot_blocks_the_others_only_until_it
     run_a.signal(Signal::SIGKILL);
     run_b.signal(Signal::SIGHUP);
     // B waits, then takes the slot once A's has expired (3 s), and hands over.
-    wait_until("B waiting", Duration::from_secs(10), || !audit(&b, "slot-wait").is_empty());
+    wait_until("B waiting", Duration::from_secs(10), || {
+        !audit(&b, "slot-wait").is_empty()
+    });
     wait_until("B on the new value", Duration::from_secs(30), || {
         starts(&b).len() == 2
     });

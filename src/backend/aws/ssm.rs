@@ -60,6 +60,10 @@ pub struct Config {
 pub struct Ssm {
     sdk: Sdk,
     client: OnceCell<Client>,
+    /// The version and value read last for each unpinned parameter: a re-read (`watch`, a
+    /// restart) asks `DescribeParameters` (no values) for the versions, 50 names a call, and
+    /// reads values only for the parameters whose version moved.
+    seen: std::sync::Mutex<HashMap<Request, (i64, Fetched)>>,
 }
 
 /// `name`, `name:3` or `name:label`, as GetParameters takes them.
@@ -126,6 +130,10 @@ impl Backend for Ssm {
     fn calls(&self) -> Option<crate::backend::Calls> {
         Some(self.sdk.counts())
     }
+
+    fn refresh(&self) {
+        self.seen().clear();
+    }
 }
 
 impl RemoteRead for Ssm {
@@ -147,6 +155,7 @@ impl Ssm {
         Ssm {
             sdk: Sdk::new(config.common.clone()),
             client: OnceCell::new(),
+            seen: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,8 +176,99 @@ impl Ssm {
             .await
     }
 
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Request, (i64, Fetched)>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The parameters read before whose version did not move, with their values.
+    async fn unchanged(&self, client: &Client, requests: &[Request]) -> HashMap<usize, Fetched> {
+        use aws_sdk_ssm::types::ParameterStringFilter;
+        let known: Vec<(usize, String, i64)> = {
+            let seen = self.seen();
+            requests
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.version.is_none())
+                .filter_map(|(i, r)| seen.get(r).map(|(v, _)| (i, r.path.clone(), *v)))
+                .collect()
+        };
+        let mut kept = HashMap::new();
+        for chunk in known.chunks(50) {
+            let names: Vec<String> = chunk.iter().map(|(_, n, _)| n.clone()).collect();
+            let Ok(filter) = ParameterStringFilter::builder()
+                .key("Name")
+                .option("Equals")
+                .set_values(Some(names))
+                .build()
+            else {
+                continue;
+            };
+            let Ok(out) = client
+                .describe_parameters()
+                .parameter_filters(filter)
+                .max_results(50)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            for (i, name, version) in chunk {
+                let current = out
+                    .parameters()
+                    .iter()
+                    .find(|p| p.name() == Some(name.as_str()))
+                    .map(|p| p.version());
+                if current == Some(*version) {
+                    if let Some((_, f)) = self.seen().get(&requests[*i]) {
+                        tracing::trace!(parameter = %name, "unchanged; its value is not read again");
+                        kept.insert(*i, f.copy());
+                    }
+                } else {
+                    tracing::debug!(parameter = %name, "a new version; reading it");
+                }
+            }
+        }
+        kept
+    }
+
     async fn fetch_all(&self, requests: &[Request]) -> FetchResult {
         let client = self.client().await?;
+        let kept = self.unchanged(client, requests).await;
+        let wanted: Vec<usize> = (0..requests.len())
+            .filter(|i| !kept.contains_key(i))
+            .collect();
+        let subset: Vec<Request> = wanted.iter().map(|&i| requests[i].clone()).collect();
+        let mut results: HashMap<usize, Result<Fetched, SecretError>> = self
+            .read_all(client, &subset)
+            .await
+            .into_iter()
+            .map(|(j, r)| (wanted[j], r))
+            .collect();
+        for (i, r) in &results {
+            let request = &requests[*i];
+            if let (None, Ok(f)) = (&request.version, r) {
+                if let Some(v) = f.version.as_deref().and_then(|v| v.parse().ok()) {
+                    self.seen().insert(request.clone(), (v, f.copy()));
+                }
+            }
+        }
+        results.extend(kept.into_iter().map(|(i, f)| (i, Ok(f))));
+        tracing::debug!(
+            calls = self.sdk.calls(),
+            parameters = requests.len(),
+            "Parameter Store reads done"
+        );
+        crate::backend::in_order(results, requests.len())
+    }
+
+    /// Reads every request's value, `GetParameters` 10 names a call.
+    async fn read_all(
+        &self,
+        client: &Client,
+        requests: &[Request],
+    ) -> HashMap<usize, Result<Fetched, SecretError>> {
         let calls = plan_calls(requests);
         let work: Vec<_> = calls
             .into_iter()
@@ -178,14 +278,7 @@ impl Ssm {
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
-        let results: HashMap<usize, Result<Fetched, SecretError>> =
-            answers.into_iter().flatten().collect();
-        tracing::debug!(
-            calls = self.sdk.calls(),
-            parameters = requests.len(),
-            "Parameter Store reads done"
-        );
-        crate::backend::in_order(results, requests.len())
+        answers.into_iter().flatten().collect()
     }
 
     async fn get_parameters(
