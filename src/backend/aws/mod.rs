@@ -92,20 +92,16 @@ fn check_version(version: &str) -> Result<(), Invalid> {
     }
 }
 
-/// The reads of one resolve, given up at its deadline: the SDK's own timeouts are per attempt,
-/// and loading its configuration (a profile, the instance metadata service) has none.
-async fn within(
+/// Work given up at its deadline, with `late` as the error: the SDK's own timeouts are per
+/// attempt, and loading its configuration (a profile, the instance metadata service) has none.
+async fn within<T>(
     deadline: tokio::time::Instant,
-    service: &str,
-    reads: impl std::future::Future<Output = crate::backend::FetchResult>,
-) -> crate::backend::FetchResult {
-    tokio::time::timeout_at(deadline, reads)
+    late: &str,
+    work: impl std::future::Future<Output = Result<T, SecretError>>,
+) -> Result<T, SecretError> {
+    tokio::time::timeout_at(deadline, work)
         .await
-        .unwrap_or_else(|_| {
-            Err(SecretError::unavailable(format!(
-                "AWS {service} did not answer before the resolve deadline (--timeout)"
-            )))
-        })
+        .unwrap_or_else(|_| Err(SecretError::unavailable(late)))
 }
 
 /// The SDK configuration, loaded once, on first use (loading may read profile files and ask

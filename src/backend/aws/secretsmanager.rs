@@ -160,7 +160,7 @@ impl RemoteRead for SecretsManager {
     ) -> BoxFuture<'a, FetchResult> {
         Box::pin(super::within(
             deadline,
-            "Secrets Manager",
+            "AWS Secrets Manager did not answer before the resolve deadline (--timeout)",
             self.fetch_all(requests),
         ))
     }

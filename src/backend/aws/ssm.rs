@@ -144,7 +144,7 @@ impl RemoteRead for Ssm {
     ) -> BoxFuture<'a, FetchResult> {
         Box::pin(super::within(
             deadline,
-            "Parameter Store",
+            "AWS Parameter Store did not answer before the resolve deadline (--timeout)",
             self.fetch_all(requests),
         ))
     }

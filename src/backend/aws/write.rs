@@ -9,25 +9,14 @@ use secrecy::ExposeSecret;
 use secrecy::zeroize::Zeroizing;
 use tokio::time::Instant;
 
-use super::explain;
 use super::secretsmanager::SecretsManager;
 use super::ssm::Ssm;
+use super::{explain, within};
 use crate::backend::{Put, WriteValue, Written, check_create_only};
 use crate::secret::SecretError;
 
-/// A write that has not finished by the deadline is abandoned (the SDK cancels it).
-async fn within<T>(
-    deadline: Instant,
-    write: impl std::future::Future<Output = Result<T, SecretError>>,
-) -> Result<T, SecretError> {
-    tokio::time::timeout_at(deadline, write)
-        .await
-        .unwrap_or_else(|_| {
-            Err(SecretError::unavailable(
-                "AWS did not complete the write before the deadline (--timeout)",
-            ))
-        })
-}
+/// What a write that has not finished by its deadline says (the SDK cancels it).
+const LATE: &str = "AWS did not complete the write before the deadline (--timeout)";
 
 /// The value to write: the whole value, or the current JSON with `key`'s field set.
 fn new_value(current: Option<&str>, put: &Put) -> Result<Zeroizing<String>, SecretError> {
@@ -52,7 +41,7 @@ impl WriteValue for SecretsManager {
         put: &'a Put,
         deadline: Instant,
     ) -> BoxFuture<'a, Result<Written, SecretError>> {
-        Box::pin(within(deadline, self.write(put)))
+        Box::pin(within(deadline, LATE, self.write(put)))
     }
 }
 
@@ -114,7 +103,7 @@ impl WriteValue for Ssm {
         put: &'a Put,
         deadline: Instant,
     ) -> BoxFuture<'a, Result<Written, SecretError>> {
-        Box::pin(within(deadline, self.write(put)))
+        Box::pin(within(deadline, LATE, self.write(put)))
     }
 }
 
@@ -212,7 +201,7 @@ impl crate::backend::Rotate for SecretsManager {
                     restore: None,
                 })
             };
-            within(deadline, run).await
+            within(deadline, LATE, run).await
         })
     }
 
@@ -269,6 +258,6 @@ impl SecretsManager {
                 .map_err(|e| explain(&e, action, &region, &target))?;
             Ok(())
         };
-        within(deadline, run).await
+        within(deadline, LATE, run).await
     }
 }
