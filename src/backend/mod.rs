@@ -534,6 +534,54 @@ impl Fetched {
     }
 }
 
+/// What a backend read before, by request, with the version it was: a re-read (a `watch` tick,
+/// a restart) asks only which version is current and reuses the value when it did not move.
+/// Pinned requests are not kept. Forgotten on `Backend::refresh` (the reload signal).
+#[derive(Debug)]
+pub struct Seen<V> {
+    read: std::sync::Mutex<std::collections::HashMap<Request, (V, Fetched)>>,
+}
+
+impl<V> Default for Seen<V> {
+    fn default() -> Self {
+        Seen {
+            read: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<V: Clone + PartialEq> Seen<V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Request, (V, Fetched)>> {
+        self.read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The version `request` was read at, when it was read before.
+    pub fn version(&self, request: &Request) -> Option<V> {
+        self.lock().get(request).map(|(v, _)| v.clone())
+    }
+
+    /// The value read before, when `current` is still its version.
+    pub fn unchanged(&self, request: &Request, current: &V) -> Option<Fetched> {
+        self.lock()
+            .get(request)
+            .filter(|(v, _)| v == current)
+            .map(|(_, f)| f.copy())
+    }
+
+    pub fn remember(&self, request: &Request, version: V, fetched: &Fetched) {
+        if request.version.is_none() {
+            self.lock()
+                .insert(request.clone(), (version, fetched.copy()));
+        }
+    }
+
+    pub fn forget(&self) {
+        self.lock().clear();
+    }
+}
+
 /// Outer error: the backend failed as a whole. Inner: one result per request, in order.
 pub type FetchResult = Result<Vec<Result<Fetched, SecretError>>, SecretError>;
 

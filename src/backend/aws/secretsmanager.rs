@@ -95,7 +95,7 @@ pub struct SecretsManager {
     /// The current version id and value read last for each unpinned secret: a re-read
     /// (`watch`, a restart) asks `DescribeSecret` (40,000 calls/s per account) which version is
     /// current, and reads values (`BatchGetSecretValue`: 100 calls/s) only for those that moved.
-    seen: std::sync::Mutex<HashMap<Request, (String, Fetched)>>,
+    seen: crate::backend::Seen<String>,
     recheck: Recheck,
 }
 
@@ -148,7 +148,7 @@ impl Backend for SecretsManager {
     }
 
     fn refresh(&self) {
-        self.seen().clear();
+        self.seen.forget();
     }
 }
 
@@ -172,20 +172,14 @@ impl SecretsManager {
             sdk: Sdk::new(config.common.clone()),
             client: OnceCell::new(),
             encoding: config.encoding,
-            seen: std::sync::Mutex::new(HashMap::new()),
+            seen: crate::backend::Seen::default(),
             recheck: config.recheck,
         }
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Request, (String, Fetched)>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The value read before, when `DescribeSecret` says its version is still AWSCURRENT.
     async fn unchanged(&self, client: &Client, r: &Request) -> Option<Fetched> {
-        let known = self.seen().get(r).map(|(v, _)| v.clone())?;
+        let known = self.seen.version(r)?;
         let out = client
             .describe_secret()
             .secret_id(&r.path)
@@ -206,7 +200,7 @@ impl SecretsManager {
             return None;
         }
         tracing::trace!(secret = %r.path, "unchanged; its value is not read again");
-        self.seen().get(r).map(|(_, f)| f.copy())
+        self.seen.unchanged(r, &current)
     }
 
     /// The region calls go to, for messages.
@@ -237,7 +231,7 @@ impl SecretsManager {
         // Read before: asked which version is current, and kept when it did not move.
         let known: Vec<usize> = (0..requests.len())
             .filter(|&i| {
-                self.recheck == Recheck::Describe && self.seen().contains_key(&requests[i])
+                self.recheck == Recheck::Describe && self.seen.version(&requests[i]).is_some()
             })
             .collect();
         let checks: Vec<_> = known
@@ -293,10 +287,9 @@ impl SecretsManager {
             .await;
         results.extend(got);
         for (i, r) in &results {
-            let request = &requests[*i];
-            if let (None, Ok(f)) = (&request.version, r) {
+            if let Ok(f) = r {
                 if let Some(v) = &f.version {
-                    self.seen().insert(request.clone(), (v.clone(), f.copy()));
+                    self.seen.remember(&requests[*i], v.clone(), f);
                 }
             }
         }

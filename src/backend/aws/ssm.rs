@@ -63,7 +63,7 @@ pub struct Ssm {
     /// The version and value read last for each unpinned parameter: a re-read (`watch`, a
     /// restart) asks `DescribeParameters` (no values) for the versions, 50 names a call, and
     /// reads values only for the parameters whose version moved.
-    seen: std::sync::Mutex<HashMap<Request, (i64, Fetched)>>,
+    seen: crate::backend::Seen<i64>,
 }
 
 /// `name`, `name:3` or `name:label`, as GetParameters takes them.
@@ -132,7 +132,7 @@ impl Backend for Ssm {
     }
 
     fn refresh(&self) {
-        self.seen().clear();
+        self.seen.forget();
     }
 }
 
@@ -155,7 +155,7 @@ impl Ssm {
         Ssm {
             sdk: Sdk::new(config.common.clone()),
             client: OnceCell::new(),
-            seen: std::sync::Mutex::new(HashMap::new()),
+            seen: crate::backend::Seen::default(),
         }
     }
 
@@ -176,24 +176,14 @@ impl Ssm {
             .await
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Request, (i64, Fetched)>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The parameters read before whose version did not move, with their values.
     async fn unchanged(&self, client: &Client, requests: &[Request]) -> HashMap<usize, Fetched> {
         use aws_sdk_ssm::types::ParameterStringFilter;
-        let known: Vec<(usize, String, i64)> = {
-            let seen = self.seen();
-            requests
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.version.is_none())
-                .filter_map(|(i, r)| seen.get(r).map(|(v, _)| (i, r.path.clone(), *v)))
-                .collect()
-        };
+        let known: Vec<(usize, String, i64)> = requests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.seen.version(r).map(|v| (i, r.path.clone(), v)))
+            .collect();
         let mut kept = HashMap::new();
         for chunk in known.chunks(50) {
             let names: Vec<String> = chunk.iter().map(|(_, n, _)| n.clone()).collect();
@@ -221,9 +211,9 @@ impl Ssm {
                     .find(|p| p.name() == Some(name.as_str()))
                     .map(|p| p.version());
                 if current == Some(*version) {
-                    if let Some((_, f)) = self.seen().get(&requests[*i]) {
+                    if let Some(f) = self.seen.unchanged(&requests[*i], version) {
                         tracing::trace!(parameter = %name, "unchanged; its value is not read again");
-                        kept.insert(*i, f.copy());
+                        kept.insert(*i, f);
                     }
                 } else {
                     tracing::debug!(parameter = %name, "a new version; reading it");
@@ -247,10 +237,9 @@ impl Ssm {
             .map(|(j, r)| (wanted[j], r))
             .collect();
         for (i, r) in &results {
-            let request = &requests[*i];
-            if let (None, Ok(f)) = (&request.version, r) {
+            if let Ok(f) = r {
                 if let Some(v) = f.version.as_deref().and_then(|v| v.parse().ok()) {
-                    self.seen().insert(request.clone(), (v, f.copy()));
+                    self.seen.remember(&requests[*i], v, f);
                 }
             }
         }

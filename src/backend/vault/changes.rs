@@ -5,7 +5,6 @@
 //! that an operator's reload reads every value.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use reqwest::Method;
 use secrecy::SecretString;
@@ -18,26 +17,19 @@ use crate::backend::{Fetched, Request};
 /// What was read last for each KV v2 request (not pinned to a version), with its version.
 #[derive(Debug, Default)]
 pub struct Seen {
-    read: Mutex<HashMap<Request, (u64, Fetched)>>,
+    read: crate::backend::Seen<u64>,
     /// The token may not read metadata: every re-read reads the value.
     metadata_denied: std::sync::atomic::AtomicBool,
 }
 
 impl Seen {
     pub fn forget(&self) {
-        self.lock().clear();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Request, (u64, Fetched)>> {
-        self.read
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.read.forget();
     }
 
     pub fn remember(&self, request: &Request, fetched: &Fetched) {
-        let version = fetched.version.as_deref().and_then(|v| v.parse().ok());
-        if let (None, Some(v)) = (&request.version, version) {
-            self.lock().insert(request.clone(), (v, fetched.copy()));
+        if let Some(v) = fetched.version.as_deref().and_then(|v| v.parse().ok()) {
+            self.read.remember(request, v, fetched);
         }
     }
 }
@@ -59,7 +51,7 @@ impl VaultBackend {
         {
             return None;
         }
-        let known = self.seen.lock().get(request).map(|(v, _)| *v)?;
+        let known = self.seen.read.version(request)?;
         #[derive(Deserialize)]
         struct Body {
             data: Option<Meta>,
@@ -112,6 +104,6 @@ impl VaultBackend {
             return None;
         }
         tracing::trace!(path = %path, version = current, "unchanged; its value is not read again");
-        self.seen.lock().get(request).map(|(_, f)| f.copy())
+        self.seen.read.unchanged(request, &current)
     }
 }
