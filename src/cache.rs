@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
@@ -69,12 +69,6 @@ fn cacheable(plan: &Plan, v: &PlannedVar) -> bool {
     plan.backends
         .get(&v.backend)
         .is_some_and(|b| !b.backend.reader().is_local())
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Reads the age identity in `key_file`: its first `AGE-SECRET-KEY-1…` line.
@@ -225,7 +219,7 @@ pub fn seal(
     vars: &[ResolvedVar],
     served: Option<&Served>,
 ) -> Result<Option<(usize, Vec<u8>)>, CacheError> {
-    let now = now_secs();
+    let now = crate::duration::unix_now();
     let old: BTreeMap<&str, u64> = served
         .map(|s| {
             s.vars
@@ -306,7 +300,7 @@ pub fn serve(
         return Ok(None);
     }
     let stored = load(config)?;
-    let now = now_secs();
+    let now = crate::duration::unix_now();
     let mut problems = Vec::new();
     let mut found = Vec::new();
     for p in wanted {
@@ -359,7 +353,7 @@ pub fn serve(
 /// One line per variable of the plan for `cache status`: its age, and whether it would be served.
 pub fn status(plan: &Plan, config: &CacheConfig) -> Result<Vec<(String, String)>, CacheError> {
     let stored = load(config)?;
-    let now = now_secs();
+    let now = crate::duration::unix_now();
     let mut rows = Vec::new();
     for p in &plan.vars {
         let name = p.name.to_string();

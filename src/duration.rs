@@ -15,6 +15,14 @@ pub fn exponential(base: Duration, attempt: u32, cap: Duration) -> Duration {
         .min(cap)
 }
 
+/// Seconds since the epoch: the clock of records that outlive a process (the cache's
+/// confirmation times, restart slots' expiries).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A duration a server sent, bounded like any other (a lease of a hundred years is ten).
 pub fn clamp(d: Duration) -> Duration {
     d.min(MAX)

@@ -3,7 +3,7 @@
 //! then a check-and-set write of the whole set: two replicas racing for the last slot cannot
 //! both win, and a replica that dies holding one loses it when it expires.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use reqwest::Method;
@@ -17,12 +17,6 @@ use crate::secret::SecretError;
 /// Attempts at one change of the set when other replicas keep winning the check-and-set.
 const ATTEMPTS: u32 = 8;
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Slots for VaultBackend {
     fn acquire<'a>(
         &'a self,
@@ -33,9 +27,9 @@ impl Slots for VaultBackend {
         deadline: Instant,
     ) -> BoxFuture<'a, Result<bool, SecretError>> {
         Box::pin(async move {
-            let until = now_secs() + ttl.as_secs().max(1);
+            let until = crate::duration::unix_now() + ttl.as_secs().max(1);
             self.change_slots(path, deadline, |slots| {
-                let now = now_secs();
+                let now = crate::duration::unix_now();
                 slots.retain(|_, v| v.as_str().and_then(|s| s.parse::<u64>().ok()) > Some(now));
                 if !slots.contains_key(holder) && slots.len() >= n as usize {
                     return false;
