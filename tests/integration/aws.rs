@@ -486,12 +486,15 @@ impl Throttle {
         }
     }
 
+    /// The proxy's calls per operation (plain HTTP/1.0: no client program needed).
     fn counts(&self) -> serde_json::Value {
-        let out = std::process::Command::new("curl")
-            .args(["-fsS", &format!("http://127.0.0.1:{}/_counts", self.port)])
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        conn.write_all(b"GET /_counts HTTP/1.0\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap()
     }
 }
 
