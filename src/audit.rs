@@ -146,6 +146,8 @@ pub enum Event {
     Stop { pid: i32, code: u8 },
     /// `on_change = "restart"`: the new child replaced the stopped one.
     Restart { old_pid: i32, pid: i32 },
+    /// `on_change = "restart"` with `ready`: the restarted child is ready.
+    Ready { pid: i32 },
     Reload {
         trigger: Trigger,
         outcome: ReloadOutcome,
@@ -276,6 +278,7 @@ impl Event {
             Event::Restart { old_pid, pid } => {
                 ("restart", object(json!({ "old_pid": old_pid, "pid": pid })))
             }
+            Event::Ready { pid } => ("ready", object(json!({ "pid": pid }))),
             Event::Reload { trigger, outcome } => {
                 let fields = match outcome {
                     ReloadOutcome::Failed { failure, age_s } => {

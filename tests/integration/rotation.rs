@@ -811,3 +811,152 @@ fn a_replica_killed_while_holding_a_restart_slot_blocks_the_others_only_until_it
     drop(run_a);
     run_b.stop_expecting(0);
 }
+
+/// `count` replicas of one service, each supervised with a TOKEN from OpenBao at `path`, the
+/// `[run]` settings `run`, and the child `body`; returns once every first child has started.
+#[cfg(feature = "vault")]
+fn fleet(count: usize, path: &str, run: &str, body: &str) -> (Vec<Project>, Vec<Supervised>) {
+    let bao = crate::openbao::shared();
+    let manifest = format!(
+        "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"{path}\" }}\n[run]\n{run}\n[audit]\npath = \"audit.jsonl\"\n",
+        bao.addr
+    );
+    let replicas: Vec<Project> = (0..count)
+        .map(|_| Project::with_manifest(&manifest))
+        .collect();
+    let runs = replicas
+        .iter()
+        .map(|p| {
+            script(p, "bin/service", body);
+            Supervised::start_env(
+                p,
+                &["--", "./bin/service"],
+                &[("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)],
+            )
+        })
+        .collect();
+    for p in &replicas {
+        wait_until("each first child", Duration::from_secs(30), || {
+            starts(p).len() == 1
+        });
+    }
+    (replicas, runs)
+}
+
+#[cfg(feature = "vault")]
+fn timestamp(v: &serde_json::Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339(v["ts"].as_str().unwrap()).unwrap()
+}
+
+#[cfg(feature = "vault")]
+#[test]
+fn a_rotation_on_twenty_replicas_with_restart_spread_restarts_them_across_the_window() {
+    let bao = crate::openbao::shared();
+    let put = |v: &str| {
+        bao.ok(&[
+            "kv",
+            "put",
+            "secret/t-spread20/token",
+            &format!("value={v}"),
+        ])
+    };
+    put("CANARY-rotation-v1");
+    let (replicas, runs) = fleet(
+        20,
+        "t-spread20/token",
+        "restart_spread = \"5s\"\nmin_restart_interval = \"100ms\"",
+        "trap 'echo \"term $$\" >> events.log; exit 0' TERM\necho \"start $$ $TOKEN\" >> events.log\nwhile :; do sleep 1 & wait $!; done",
+    );
+    put("CANARY-rotation-v2");
+    let signalled = std::time::SystemTime::now();
+    for r in &runs {
+        r.signal(Signal::SIGHUP);
+    }
+    for p in &replicas {
+        wait_until(
+            "every replica on the new value",
+            Duration::from_secs(60),
+            || starts(p).len() == 2,
+        );
+        assert!(starts(p)[1].ends_with("CANARY-rotation-v2"));
+    }
+    // Each replica drew its own delay within the window, and restarted after it.
+    let mut restarts = Vec::new();
+    for p in &replicas {
+        let delay = audit(p, "spread-wait")[0]["delay_ms"].as_u64().unwrap();
+        assert!(delay <= 5000, "{delay}");
+        let restarted = timestamp(&audit(p, "restart")[0]);
+        let after = restarted.duration_since(signalled).unwrap();
+        assert!(
+            after >= Duration::from_millis(delay),
+            "{after:?} < {delay} ms"
+        );
+        restarts.push(after);
+    }
+    restarts.sort();
+    let span = restarts[19] - restarts[0];
+    // 20 uniform draws over 5 s span less than 2 s once in a million runs.
+    assert!(
+        span >= Duration::from_secs(2),
+        "restarts not spread: {restarts:?}"
+    );
+    for r in runs {
+        r.stop_expecting(0);
+    }
+}
+
+#[cfg(feature = "vault")]
+#[test]
+fn twenty_replicas_with_two_restart_slots_never_have_more_than_two_between_stop_and_ready() {
+    let bao = crate::openbao::shared();
+    let put = |v: &str| bao.ok(&["kv", "put", "secret/t-slots20/token", &format!("value={v}")]);
+    put("CANARY-rotation-v1");
+    bao.ok(&["kv", "metadata", "delete", "secret/t-slots20/locks"]);
+    // Slow to stop (0.3 s), slow to become ready (0.4 s after it starts).
+    let (replicas, runs) = fleet(
+        20,
+        "t-slots20/token",
+        "min_restart_interval = \"100ms\"\nready = { cmd = [\"sh\", \"-c\", \"test -f ready.$SECRET_RUN_CHILD_PID\"], timeout = \"30s\" }\nmax_concurrent_restarts = { n = 2, vault = \"vault\", path = \"t-slots20/locks\" }",
+        "trap 'sleep 0.3; echo \"term $$\" >> events.log; exit 0' TERM\necho \"start $$ $TOKEN\" >> events.log\nsleep 0.4\n: > ready.$$\nwhile :; do sleep 1 & wait $!; done",
+    );
+    put("CANARY-rotation-v2");
+    for r in &runs {
+        r.signal(Signal::SIGHUP);
+    }
+    for p in &replicas {
+        wait_until(
+            "every replica on the new value",
+            Duration::from_secs(120),
+            || starts(p).len() == 2 && !audit(p, "slot-released").is_empty(),
+        );
+        assert!(starts(p)[1].ends_with("CANARY-rotation-v2"));
+    }
+    // Each replica was out of service from its stop to its new child's readiness, inside the
+    // slot it held: from `slot-acquired` to `ready`.
+    let mut edges = Vec::new();
+    for p in &replicas {
+        let acquired = timestamp(&audit(p, "slot-acquired")[0]);
+        let ready = &audit(p, "ready")[0];
+        assert_eq!(
+            ready["pid"],
+            audit(p, "restart")[0]["pid"],
+            "the restarted child is the one found ready"
+        );
+        let ready = timestamp(ready);
+        assert!(ready > acquired);
+        edges.push((acquired, 1));
+        edges.push((ready, -1));
+    }
+    // Ends before starts at the same instant: a slot given back and taken at once.
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in &edges {
+        now += step;
+        most = most.max(now);
+    }
+    assert!(most <= 2, "{most} replicas between stop and ready at once");
+    assert_eq!(most, 2, "two slots were used at once");
+    for r in runs {
+        r.stop_expecting(0);
+    }
+}

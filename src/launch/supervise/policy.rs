@@ -29,8 +29,9 @@ pub const STOPPING: &[Signal] = &[Signal::SIGTERM, Signal::SIGINT, Signal::SIGQU
 const MIN_RELOAD_GAP: Duration = Duration::from_secs(1);
 /// Between two readiness probes of a new child.
 const PROBE_PAUSE: Duration = Duration::from_millis(100);
-/// Between two requests for a restart slot when all are taken.
-const SLOT_RETRY: Duration = Duration::from_secs(5);
+/// Between two requests for a restart slot when all are taken: at least the first, plus a
+/// random part of the second, so that the replicas waiting do not ask in step.
+const SLOT_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(4));
 /// A child that ran this long before failing starts the back-off over.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
@@ -162,6 +163,9 @@ enum Task {
     Replacing {
         old: Pid,
     },
+    /// `on_change = "restart"` with `ready`: the new child runs; the hand-over (and the
+    /// restart slot) lasts until it is ready.
+    Settling(Readiness),
     /// `on_change = "overlap"`: a new child runs beside the old one until it is ready.
     Trying {
         old: Pid,
@@ -326,7 +330,8 @@ impl Policy {
         let trying = match &self.task {
             Task::Trying {
                 readiness: Some(r), ..
-            } => r.due(),
+            }
+            | Task::Settling(r) => r.due(),
             _ => None,
         };
         let probe = trying
@@ -508,6 +513,10 @@ impl Policy {
         let Some(child) = self.child.take() else {
             return;
         };
+        if matches!(self.task, Task::Settling(_)) {
+            // It ended before it was ready: the hand-over is over, its failure handled below.
+            self.task = Task::Idle;
+        }
         self.last_code = code;
         tracing::debug!(pid = child.pid.as_raw(), code, "child ended");
         out.push(Action::Audit(Event::Exit {
@@ -582,7 +591,17 @@ impl Policy {
                     pid: pid.as_raw(),
                 }));
                 self.child = Some(started);
-                self.end_task(now);
+                match &self.run.ready {
+                    Some(r) => {
+                        self.task = Task::Settling(Readiness {
+                            pid,
+                            until: now + r.timeout,
+                            next_probe: (!r.notify).then_some(now),
+                            probing: false,
+                        });
+                    }
+                    None => self.end_task(now),
+                }
             }
             Task::Trying {
                 old,
@@ -749,8 +768,9 @@ impl Policy {
                 );
                 out.push(Action::Audit(Event::Slot { what: "slot-wait" }));
             }
+            let pause = SLOT_RETRY.0 + (self.spread)(SLOT_RETRY.1);
             if let Task::Acquiring { retry, .. } = &mut self.task {
-                *retry = Some(now + SLOT_RETRY);
+                *retry = Some(now + pause);
             }
             return;
         }
@@ -876,7 +896,12 @@ impl Policy {
         let waiting = match &mut self.task {
             Task::Trying {
                 readiness: Some(r), ..
-            } if r.pid == pid => Some(r),
+            }
+            | Task::Settling(r)
+                if r.pid == pid =>
+            {
+                Some(r)
+            }
             _ => self.first.as_mut().filter(|f| f.pid == pid),
         };
         if let Some(r) = waiting {
@@ -887,11 +912,17 @@ impl Policy {
 
     /// `pid` is ready (a probe said so, or its own `READY=1`).
     fn on_ready(&mut self, pid: Pid, now: Instant, out: &mut Vec<Action>) {
-        if let Task::Trying { new: Some(new), .. } = self.task {
-            if new == pid {
+        match self.task {
+            Task::Trying { new: Some(new), .. } if new == pid => {
                 self.promote(pid, now, out);
                 return;
             }
+            Task::Settling(r) if r.pid == pid => {
+                tracing::info!(pid = pid.as_raw(), "the restarted child is ready");
+                out.push(Action::Audit(Event::Ready { pid: pid.as_raw() }));
+                self.end_task(now);
+            }
+            _ => {}
         }
         if self.first.is_some_and(|f| f.pid == pid) {
             self.first = None;
@@ -1013,15 +1044,27 @@ impl Policy {
                 }
             }
         }
-        let trying = match &mut self.task {
+        if matches!(self.task, Task::Settling(_)) && self.stopping {
+            self.task = Task::Idle;
+        }
+        let (trying, settling) = match &mut self.task {
             Task::Trying {
                 readiness: Some(r), ..
-            } => r.check(now),
-            _ => Verdict::Waiting,
+            } => (r.check(now), false),
+            Task::Settling(r) => (r.check(now), true),
+            _ => (Verdict::Waiting, false),
         };
         match trying {
             Verdict::Waiting => {}
             Verdict::Probe(pid) => out.push(Action::Probe(pid)),
+            Verdict::TimedOut(pid) if settling => {
+                // The old child is gone: the new one stays, and the hand-over is over.
+                tracing::warn!(
+                    pid = pid.as_raw(),
+                    "the restarted child did not become ready within ready.timeout; it keeps running"
+                );
+                self.end_task(now);
+            }
             Verdict::TimedOut(pid) => self.not_ready(pid, now, out),
         }
         match self

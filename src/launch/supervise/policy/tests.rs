@@ -918,11 +918,12 @@ fn max_concurrent_restarts_waits_for_a_slot_and_gives_it_back_after_the_hand_ove
     let out = sim.feed(Input::Resolved(found("v2")));
     assert!(out.contains(&Action::Acquire), "{out:?}");
     assert!(sent(&out).is_empty(), "no restart without a slot: {out:?}");
-    // All slots taken: the child keeps its values; asked again 5 s later.
+    // All slots taken: the child keeps its values; asked again 1 s + a random part of 4 s
+    // later (half of it here).
     let out = sim.feed(Input::Acquired(false));
     assert!(events(&out).contains(&&Event::Slot { what: "slot-wait" }));
-    assert!(!sim.at(4.9).contains(&Action::Acquire));
-    assert!(sim.at(5.1).contains(&Action::Acquire));
+    assert!(!sim.at(2.9).contains(&Action::Acquire));
+    assert!(sim.at(3.1).contains(&Action::Acquire));
     assert_eq!(sim.value(), "v1");
     // A slot: the restart goes ahead, and the slot is given back once the new child runs.
     let out = sim.feed(Input::Acquired(true));
@@ -938,4 +939,98 @@ fn max_concurrent_restarts_waits_for_a_slot_and_gives_it_back_after_the_hand_ove
         what: "slot-released"
     }));
     assert_eq!(sim.value(), "v2");
+}
+
+fn cmd_ready() -> Ready {
+    Ready {
+        tcp: None,
+        cmd: Some(vec!["true".into()]),
+        notify: false,
+        timeout: Duration::from_secs(2),
+    }
+}
+
+/// A restart that took a slot; the new child (PID 101) has just started.
+fn restarted_holding_a_slot() -> Sim {
+    let mut sim = Sim::with(|r| {
+        r.ready = Some(cmd_ready());
+        r.max_concurrent_restarts = Some(crate::manifest::run::RestartSlots {
+            n: 1,
+            vault: "vault".into(),
+            path: "locks/app".into(),
+            ttl: Duration::from_secs(120),
+        });
+    });
+    sim.feed(Input::Signal(SIGHUP));
+    sim.feed(Input::Resolved(found("v2")));
+    assert_eq!(sent(&sim.feed(Input::Acquired(true))), vec![(100, SIGTERM)]);
+    let out = sim.feed(Input::Exited {
+        pid: pid(100),
+        code: 143,
+    });
+    assert_eq!(spawns(&out), 1);
+    assert!(out.contains(&Action::Probe(pid(101))), "{out:?}");
+    assert!(
+        !out.contains(&Action::ReleaseSlot),
+        "not ready yet: {out:?}"
+    );
+    sim
+}
+
+#[test]
+fn with_ready_a_restart_holds_its_slot_until_the_new_child_is_ready() {
+    let mut sim = restarted_holding_a_slot();
+    let out = sim.feed(Input::Probed {
+        pid: pid(101),
+        ready: false,
+    });
+    assert!(!out.contains(&Action::ReleaseSlot), "{out:?}");
+    assert!(sim.at(0.2).contains(&Action::Probe(pid(101))));
+    let out = sim.feed(Input::Probed {
+        pid: pid(101),
+        ready: true,
+    });
+    assert!(
+        events(&out).contains(&&Event::Ready { pid: 101 }),
+        "{out:?}"
+    );
+    assert!(out.contains(&Action::ReleaseSlot), "{out:?}");
+    assert_eq!(sim.policy.child(), Some(pid(101)));
+}
+
+#[test]
+fn a_restarted_child_never_ready_keeps_running_and_gives_the_slot_back_at_the_timeout() {
+    let mut sim = restarted_holding_a_slot();
+    sim.feed(Input::Probed {
+        pid: pid(101),
+        ready: false,
+    });
+    let mut released = false;
+    for step in 1..=25 {
+        let out = sim.at(f64::from(step) * 0.1);
+        assert!(
+            sent(&out).is_empty(),
+            "the new child is not stopped: {out:?}"
+        );
+        released |= out.contains(&Action::ReleaseSlot);
+        if out.contains(&Action::Probe(pid(101))) {
+            sim.feed(Input::Probed {
+                pid: pid(101),
+                ready: false,
+            });
+        }
+    }
+    assert!(released, "the slot is given back at ready.timeout");
+    assert_eq!(sim.policy.child(), Some(pid(101)));
+}
+
+#[test]
+fn a_restarted_child_that_fails_before_it_is_ready_ends_the_hand_over() {
+    let mut sim = restarted_holding_a_slot();
+    let out = sim.feed(Input::Exited {
+        pid: pid(101),
+        code: 3,
+    });
+    assert!(out.contains(&Action::ReleaseSlot), "{out:?}");
+    assert_eq!(sim.policy.exit_code(), Some(3));
 }
