@@ -102,9 +102,24 @@ pub fn kind(name: &str) -> Result<&'static Kind, Invalid> {
 /// A backend's table as its typed configuration; serde's message, scrubbed of the data it
 /// quotes, says what is wrong.
 pub fn typed<T: DeserializeOwned>(table: toml::Table) -> Result<T, Invalid> {
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| Invalid(crate::error::toml_message(&e)))
+    let message = |e: toml::de::Error| crate::error::toml_message(&e);
+    // A clone of a backend's few fields, kept for the error's sake.
+    let msg = match toml::Value::Table(table.clone()).try_into::<T>() {
+        Ok(config) => return Ok(config),
+        Err(e) => message(e),
+    };
+    // Through a `#[serde(flatten)]` part (the AWS backends' common fields) serde's message
+    // loses the key: name the field whose value alone gives the same error.
+    let culprit = table.iter().find(|(key, value)| {
+        let alone = toml::Table::from_iter([((*key).clone(), (*value).clone())]);
+        toml::Value::Table(alone)
+            .try_into::<T>()
+            .is_err_and(|e| message(e) == msg)
+    });
+    Err(Invalid(match culprit {
+        Some((key, _)) if !msg.contains(&format!("`{key}`")) => format!("`{key}`: {msg}"),
+        _ => msg,
+    }))
 }
 
 /// A declared (or built-in) backend's configuration: its kind, and what its table says.

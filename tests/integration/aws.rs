@@ -376,21 +376,38 @@ print(k['AccessKeyId'], k['SecretAccessKey'])
         .stderr_has("the IAM policy needs `ssm:GetParameters`");
 }
 
-/// A run supervising a child of A and B from `table` with `watch = "1s"`: ticks read no value
-/// while nothing changes; after `update` (boto3), B's new value `b2` reaches the child, and the
-/// trace log says `changed`. No value in secret-run's own output.
+/// The API operations one backend's watch uses: the one that asks for versions, and those
+/// that carry values.
+struct Ops {
+    check: &'static str,
+    reads: &'static [&'static str],
+}
+
+/// How many times the calls of `ops` named `id`, as the proxy counted them.
+fn calls_naming(counts: &serde_json::Value, ops: &[&str], id: &str) -> u64 {
+    ops.iter()
+        .map(|op| counts[*op]["ids"][id].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A run supervising a child of A and B from `table` with `watch = "1s"`, through the counting
+/// proxy: for 30 ticks with no change, no value is read again (counted per secret by the
+/// proxy); after `update` (boto3), B's new value `b2` reaches the child with one read of B,
+/// none of A, and the trace log says `changed`. No value in secret-run's own output.
 fn watch_reads_only_what_changed(
     m: &Moto,
     table: &str,
-    a: &str,
-    b: &str,
+    ops: &Ops,
+    (a, b): (&str, &str),
     update: &str,
     changed: &str,
 ) {
+    let proxy = Throttle::start(m, "{}");
     let p = Project::with_manifest(&format!(
         "{table}\n[secrets]\nA = {{ backend = \"w\", path = \"{a}\" }}\nB = {{ backend = \"w\", path = \"{b}\" }}\n[run]\nwatch = \"1s\"\nmin_restart_interval = \"100ms\"\n"
     ));
-    let e = env(m, &[]);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
     let run = crate::support::Supervised::start_env(
         &p,
         &[
@@ -398,22 +415,36 @@ fn watch_reads_only_what_changed(
             "--",
             "sh",
             "-c",
-            "echo \"$B\" >> seen; exec sleep 60",
+            "echo \"$B\" >> seen; exec sleep 120",
         ],
         &as_refs(&e),
     );
-    let log = || std::fs::read_to_string(p.path("secret-run.err")).unwrap_or_default();
-    crate::support::wait_until("a tick that read no value", Duration::from_secs(10), || {
-        log()
-            .matches("unchanged; its value is not read again")
-            .count()
-            >= 2
+    crate::support::wait_until("the first child", Duration::from_secs(10), || {
+        p.path("seen").exists()
     });
+    let first = proxy.counts();
+    assert_eq!(calls_naming(&first, ops.reads, a), 1, "{first}");
+    assert_eq!(calls_naming(&first, ops.reads, b), 1, "{first}");
+    // Thirty ticks (~30 s): versions asked for each, no value read again.
+    crate::support::wait_until("30 ticks", Duration::from_secs(60), || {
+        calls_naming(&proxy.counts(), &[ops.check], a) >= 30
+    });
+    let quiet = proxy.counts();
+    assert_eq!(calls_naming(&quiet, ops.reads, a), 1, "{quiet}");
+    assert_eq!(calls_naming(&quiet, ops.reads, b), 1, "{quiet}");
     m.py(update);
     crate::support::wait_until("the new value", Duration::from_secs(10), || {
         std::fs::read_to_string(p.path("seen")).is_ok_and(|s| s.lines().last() == Some("b2"))
     });
-    assert!(log().contains(changed));
+    let after = proxy.counts();
+    assert_eq!(calls_naming(&after, ops.reads, a), 1, "A not read: {after}");
+    assert_eq!(
+        calls_naming(&after, ops.reads, b),
+        2,
+        "B read once: {after}"
+    );
+    let log = std::fs::read_to_string(p.path("secret-run.err")).unwrap_or_default();
+    assert!(log.contains(changed));
     let stderr = run.stop_expecting(143);
     assert!(!stderr.contains("CANARY"));
 }
@@ -425,8 +456,14 @@ fn watch_asks_describe_secret_and_reads_only_what_changed() {
     watch_reads_only_what_changed(
         m,
         "[backends.w]\nkind = \"aws-secrets-manager\"",
-        "t-watch/a",
-        "t-watch/b",
+        &Ops {
+            check: "secretsmanager.DescribeSecret",
+            reads: &[
+                "secretsmanager.GetSecretValue",
+                "secretsmanager.BatchGetSecretValue",
+            ],
+        },
+        ("t-watch/a", "t-watch/b"),
         "sm.put_secret_value(SecretId='t-watch/b', SecretString='b2')",
         "a new AWSCURRENT version; reading it",
     );
@@ -455,18 +492,31 @@ struct Throttle {
 
 impl Throttle {
     fn start(m: &Moto, limits: &str) -> Throttle {
+        Throttle::spawn(m, limits, false)
+    }
+
+    /// The proxy replaying moto's answers to reads (`--replay`): nothing may be written to
+    /// moto while it runs.
+    fn start_replaying(m: &Moto, limits: &str) -> Throttle {
+        Throttle::spawn(m, limits, true)
+    }
+
+    fn spawn(m: &Moto, limits: &str, replay: bool) -> Throttle {
         let dir = tempfile::tempdir().unwrap();
         let port = crate::kept::free_port_pair();
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/throttle_proxy.py"
         );
-        let args = [
+        let mut args = vec![
             script.to_owned(),
             port.to_string(),
             format!("127.0.0.1:{}", m.port),
             limits.to_owned(),
         ];
+        if replay {
+            args.push("--replay".to_owned());
+        }
         let keeper = crate::kept::Kept::spawn(
             &crate::kept::venv_bin("python"),
             &args,
@@ -539,14 +589,57 @@ fn a_throttled_batch_falls_back_to_single_reads_and_the_start_succeeds() {
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(doc["backends"][0]["throttled"], 2, "{}", r.stdout);
     assert_eq!(doc["backends"][0]["calls"], 32, "{}", r.stdout);
+
+    // throttled_batch = "retry": the batch is called again until it gets through (the quota
+    // here: one call, then one a second); no single read.
+    let proxy = Throttle::start(m, r#"{"secretsmanager.BatchGetSecretValue": [1, 1]}"#);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let p = Project::with_manifest(&format!(
+        "[backends.aws]\nkind = \"aws-secrets-manager\"\nthrottled_batch = \"retry\"\nmax_parallel = 2\n[secrets]\n{secrets}"
+    ));
+    let dump = crate::support::child_env(&p, &[], &as_refs(&e));
+    assert_eq!(dump["S29"], "v29");
+    let counts = proxy.counts();
+    assert_eq!(
+        counts["secretsmanager.BatchGetSecretValue"]["ok"], 2,
+        "{counts}"
+    );
+    assert!(
+        counts["secretsmanager.BatchGetSecretValue"]["throttled"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{counts}"
+    );
+    assert!(
+        counts.get("secretsmanager.GetSecretValue").is_none(),
+        "{counts}"
+    );
+    // Bad settings name the field.
+    for (setting, says) in [
+        (
+            "max_parallel = 0",
+            "`max_parallel = 0` must be between 1 and 256",
+        ),
+        ("throttled_batch = \"never\"", "throttled_batch"),
+    ] {
+        let p = Project::with_manifest(&format!(
+            "[backends.aws]\nkind = \"aws-secrets-manager\"\n{setting}\n[secrets]\nS = {{ backend = \"aws\", path = \"t-throttle/s00\" }}\n"
+        ));
+        run(&p, &["--", "true"], &e).code(78).stderr_has(says);
+    }
 }
 
 #[test]
-fn concurrent_starts_through_the_published_rates_all_succeed() {
-    let m = moto::shared();
+fn two_hundred_concurrent_starts_of_a_hundred_secrets_at_the_published_rates_all_succeed() {
+    // A moto of its own, written before the proxy starts: the proxy replays moto's answers
+    // (moto alone serves ~250 calls/s here; the fleet sends 10,000 and more).
+    let own = Moto::start(&[]);
+    let m = &own;
     let mut create = String::new();
     let mut secrets = String::new();
-    for i in 0..40 {
+    for i in 0..100 {
         create.push_str(&format!(
             "sm.create_secret(Name='t-fleet/s{i:02}', SecretString='v{i}')\n"
         ));
@@ -555,27 +648,26 @@ fn concurrent_starts_through_the_published_rates_all_succeed() {
         ));
     }
     m.py(&create);
-    // A fifth of the batch quota, so that 60 replicas starting at once meet it.
-    let proxy = Throttle::start(
+    let proxy = Throttle::start_replaying(
         m,
-        r#"{"secretsmanager.BatchGetSecretValue": [20, 20], "secretsmanager.GetSecretValue": [2000, 500]}"#,
+        r#"{"secretsmanager.BatchGetSecretValue": [100, 100], "secretsmanager.GetSecretValue": [10000, 10000]}"#,
     );
     let p = Project::with_manifest(&format!(
         "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\n{secrets}"
     ));
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
-    let starts: Vec<_> = (0..60)
+    let starts: Vec<_> = (0..200)
         .map(|_| {
             let mut cmd = p.cmd();
             cmd.args([
                 "--timeout",
-                "60s",
+                "120s",
                 "--exec",
                 "--",
                 "sh",
                 "-c",
-                "test \"$S39\" = v39",
+                "test \"$S00\" = v0 && test \"$S99\" = v99",
             ])
             .envs(e.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::null())
@@ -591,17 +683,27 @@ fn concurrent_starts_through_the_published_rates_all_succeed() {
         .collect();
     assert!(
         failed.is_empty(),
-        "{} of 60 starts failed: {:?}",
+        "{} of 200 starts failed: {:?}",
         failed.len(),
         failed.first()
     );
+    // 1,000 batch calls at 100/s: the quota was met, and its secrets were read singly.
     let counts = proxy.counts();
+    let batch = &counts["secretsmanager.BatchGetSecretValue"];
+    assert!(batch["throttled"].as_u64().unwrap() > 0, "{batch}");
+    assert_eq!(
+        batch["ok"].as_u64().unwrap() + batch["throttled"].as_u64().unwrap(),
+        1000,
+        "one call per 20 secrets per start, none retried"
+    );
+    // Every throttled batch's 20 secrets were read singly (and those of a batch whose answer
+    // did not come back in time under this load: at most every batch's).
+    let singles = counts["secretsmanager.GetSecretValue"]["ok"]
+        .as_u64()
+        .unwrap();
     assert!(
-        counts["secretsmanager.BatchGetSecretValue"]["throttled"]
-            .as_u64()
-            .unwrap()
-            > 0,
-        "the quota was met: {counts}"
+        singles >= batch["throttled"].as_u64().unwrap() * 20 && singles <= 1000 * 20,
+        "{singles} single reads: {batch}"
     );
 }
 
@@ -612,8 +714,11 @@ fn watch_on_parameter_store_asks_versions_and_reads_only_what_changed() {
     watch_reads_only_what_changed(
         m,
         "[backends.w]\nkind = \"aws-ssm\"",
-        "/t-watch-ssm/a",
-        "/t-watch-ssm/b",
+        &Ops {
+            check: "AmazonSSM.DescribeParameters",
+            reads: &["AmazonSSM.GetParameters"],
+        },
+        ("/t-watch-ssm/a", "/t-watch-ssm/b"),
         "ssm.put_parameter(Name='/t-watch-ssm/b', Value='b2', Type='String', Overwrite=True)",
         "a new version; reading it",
     );

@@ -621,7 +621,32 @@ fn restart_spread_applies_a_change_after_a_random_delay_within_the_window() {
 #[cfg(feature = "vault")]
 #[test]
 fn watch_on_vault_reads_metadata_and_only_a_changed_or_deleted_secret_again() {
-    let bao = crate::openbao::shared();
+    // An OpenBao of its own, whose audit device logs every request: the reads are counted
+    // there, not from secret-run's own account.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bao-audit.log");
+    let config = dir.path().join("audit.hcl");
+    std::fs::write(
+        &config,
+        format!(
+            "audit \"file\" \"to-file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let bao = crate::openbao::Bao::start(&[&format!("-config={}", config.display())]);
+    // The reads of `path` the server answered (not the writes of the test).
+    let served = |path: &str| {
+        lines(&log)
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["type"] == "response"
+                    && v["request"]["operation"] == "read"
+                    && v["request"]["path"] == path
+            })
+            .count()
+    };
     let put = |v: &str| {
         bao.ok(&[
             "kv",
@@ -631,8 +656,14 @@ fn watch_on_vault_reads_metadata_and_only_a_changed_or_deleted_secret_again() {
         ]);
     };
     put("CANARY-rotation-v1");
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/t-watch-meta/other",
+        "value=CANARY-other-2b1c",
+    ]);
     let p = Project::with_manifest(&format!(
-        "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"t-watch-meta/token\" }}\n[run]\nwatch = \"1s\"\nmin_restart_interval = \"100ms\"\n[audit]\npath = \"audit.jsonl\"\n",
+        "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"t-watch-meta/token\" }}\nOTHER = {{ backend = \"vault\", path = \"t-watch-meta/other\" }}\n[run]\nwatch = \"1s\"\nmin_restart_interval = \"100ms\"\n[audit]\npath = \"audit.jsonl\"\n",
         bao.addr
     ));
     service(&p);
@@ -641,18 +672,30 @@ fn watch_on_vault_reads_metadata_and_only_a_changed_or_deleted_secret_again() {
         &["-vvv", "--", "./bin/service"],
         &[("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)],
     );
-    let log = || std::fs::read_to_string(p.path("secret-run.err")).unwrap_or_default();
-    wait_until(
-        "a tick that did not read the value",
-        Duration::from_secs(10),
-        || log().contains("unchanged; its value is not read again"),
+    wait_until("the first child", Duration::from_secs(10), || {
+        starts(&p).len() == 1
+    });
+    let (token, other) = (
+        "secret/data/t-watch-meta/token",
+        "secret/data/t-watch-meta/other",
     );
+    // Thirty ticks (~30 s) without a change: metadata asked each time, no value read again.
+    wait_until("30 ticks", Duration::from_secs(60), || {
+        served("secret/metadata/t-watch-meta/other") >= 30
+    });
+    assert_eq!((served(token), served(other)), (1, 1));
     assert_eq!(starts(&p).len(), 1);
     put("CANARY-rotation-v2");
     wait_until("the new version", Duration::from_secs(10), || {
         starts(&p).len() == 2
     });
-    assert!(log().contains("a new version; reading it"));
+    assert_eq!(
+        (served(token), served(other)),
+        (2, 1),
+        "only TOKEN read again"
+    );
+    let log = std::fs::read_to_string(p.path("secret-run.err")).unwrap_or_default();
+    assert!(log.contains("a new version; reading it"));
     assert!(starts(&p)[1].ends_with("CANARY-rotation-v2"));
     // A deleted current version is read, and fails as gone: the child keeps its value.
     bao.ok(&["kv", "delete", "secret/t-watch-meta/token"]);

@@ -13,6 +13,7 @@
 //! # request_timeout = "10s"         # per attempt
 //! # max_attempts = 4                # attempts per call, throttling included
 //! # retry_mode = "standard"         # or "adaptive" (client-side rate limiting)
+//! # max_parallel = 16               # calls in flight at once (aws-ssm: 8)
 //! ```
 
 pub mod secretsmanager;
@@ -44,6 +45,11 @@ use crate::secret::SecretError;
 
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_ATTEMPTS: u32 = 4;
+/// More calls in flight than this from one process only queue in the SDK's connection pool.
+const MAX_PARALLEL: usize = 256;
+/// Waiting out throttling that outlasted the SDK's attempts (full jitter below the curve).
+const THROTTLED_BASE: Duration = Duration::from_secs(1);
+const THROTTLED_CAP: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,12 +71,21 @@ pub struct Common {
     pub max_attempts: Option<u32>,
     #[serde(default)]
     pub retry_mode: RetryMode,
+    pub max_parallel: Option<usize>,
 }
 
 impl Common {
     pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_attempts == Some(0) {
             return Err("`max_attempts` must be at least 1".into());
+        }
+        if let Some(n) = self
+            .max_parallel
+            .filter(|n| !(1..=MAX_PARALLEL).contains(n))
+        {
+            return Err(Invalid(format!(
+                "`max_parallel = {n}` must be between 1 and {MAX_PARALLEL}"
+            )));
         }
         if let Some(url) = &self.endpoint_url {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -102,6 +117,35 @@ async fn within<T>(
     tokio::time::timeout_at(deadline, work)
         .await
         .unwrap_or_else(|_| Err(SecretError::unavailable(late)))
+}
+
+/// Calls again while AWS throttles the call after the SDK's own attempts (`max_attempts`),
+/// with jittered back-off, until the resolve deadline (`within`) ends the wait: a fleet that
+/// meets a quota starts more slowly, and never fails for it while the deadline leaves time.
+async fn while_throttled<T, E, F>(
+    mut call: impl FnMut() -> F,
+) -> Result<T, SdkError<E, HttpResponse>>
+where
+    E: ProvideErrorMetadata,
+    F: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    let mut round = 0;
+    loop {
+        match call().await {
+            Err(e) if is_throttled(&e) => {
+                round += 1;
+                let pause = crate::duration::exponential(THROTTLED_BASE, round, THROTTLED_CAP)
+                    .mul_f64(fastrand::f64());
+                tracing::debug!(
+                    round,
+                    pause_ms = pause.as_millis() as u64,
+                    "still throttled after the SDK's attempts; calling again"
+                );
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The SDK configuration, loaded once, on first use (loading may read profile files and ask

@@ -9,6 +9,7 @@
 //! # profile = "trading-prod"
 //! # encoding = "base64"             # pass a binary secret on base64-encoded (else it must be UTF-8)
 //! # recheck = "describe"            # re-reads ask DescribeSecret first; "values": read them all
+//! # throttled_batch = "single-reads" # a throttled batch's secrets are read one by one; "retry": wait and batch again
 //!
 //! [secrets]
 //! API_KEY_ID  = { backend = "aws", path = "alpaca", key = "api_key_id" }
@@ -18,8 +19,9 @@
 //! `version` is a staging label (`AWSCURRENT`, `AWSPREVIOUS`, a custom one) or a version id (a
 //! UUID). Two or more current secrets go through `BatchGetSecretValue`, 20 per call; when the
 //! policy does not allow it, or AWS throttles it, secret-run falls back to parallel
-//! `GetSecretValue` calls. A re-read (`watch`, a restart) asks `DescribeSecret` which version is
-//! current and reads only what moved (`recheck = "describe"`, the default: within quota at any
+//! `GetSecretValue` calls (`throttled_batch = "retry"` waits and batches again instead: a
+//! twentieth of the calls, and a slower start when the fleet meets the quota). A re-read
+//! (`watch`, a restart) asks `DescribeSecret` which version is current and reads only what moved (`recheck = "describe"`, the default: within quota at any
 //! fleet size, but one call per secret); `recheck = "values"` reads every value again in batches
 //! (a twentieth of the calls, under the batch API's 100 calls/s). docs/scale.md has the numbers.
 
@@ -48,7 +50,7 @@ use crate::secret::{SecretError, value_from_bytes};
 
 /// `BatchGetSecretValue` takes at most 20 ids.
 const BATCH: usize = 20;
-const PARALLEL: usize = 16;
+const DEFAULT_PARALLEL: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +76,19 @@ pub struct Config {
     pub encoding: Option<Encoding>,
     #[serde(default)]
     pub recheck: Recheck,
+    #[serde(default)]
+    pub throttled_batch: ThrottledBatch,
+}
+
+/// What becomes of a batch call AWS throttled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThrottledBatch {
+    /// Its secrets are read with `GetSecretValue` (quota 10,000/s), at once.
+    #[default]
+    SingleReads,
+    /// It is called again after a jittered back-off, within the deadline.
+    Retry,
 }
 
 /// How a re-read finds what changed.
@@ -97,6 +112,8 @@ pub struct SecretsManager {
     /// current, and reads values (`BatchGetSecretValue`: 100 calls/s) only for those that moved.
     seen: crate::backend::Seen<String>,
     recheck: Recheck,
+    throttled_batch: ThrottledBatch,
+    parallel: usize,
 }
 
 /// A version id is a UUID; anything else names a staging label.
@@ -174,6 +191,8 @@ impl SecretsManager {
             encoding: config.encoding,
             seen: crate::backend::Seen::default(),
             recheck: config.recheck,
+            throttled_batch: config.throttled_batch,
+            parallel: config.common.max_parallel.unwrap_or(DEFAULT_PARALLEL),
         }
     }
 
@@ -239,7 +258,7 @@ impl SecretsManager {
             .map(|&i| async move { (i, self.unchanged(client, &requests[i]).await) })
             .collect();
         let checked: Vec<(usize, Option<Fetched>)> = futures_util::stream::iter(checks)
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(self.parallel)
             .collect()
             .await;
         for (i, kept) in checked {
@@ -282,7 +301,7 @@ impl SecretsManager {
             .map(|&i| async move { (i, self.get(client, &requests[i]).await) })
             .collect();
         let got: Vec<_> = futures_util::stream::iter(gets)
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(self.parallel)
             .collect()
             .await;
         results.extend(got);
@@ -310,7 +329,7 @@ impl SecretsManager {
             // may otherwise answer with the version the secret was created with.
             None => call.version_stage("AWSCURRENT"),
         };
-        let out = call.send().await.map_err(|e| {
+        let out = super::while_throttled(|| call.clone().send()).await.map_err(|e| {
             let region = self.sdk.region();
             match e.as_service_error() {
                 Some(se) if se.is_resource_not_found_exception() => SecretError::not_found(format!(
@@ -357,22 +376,28 @@ impl SecretsManager {
             .chunks(BATCH)
             .map(|chunk| async move {
                 let ids: Vec<String> = chunk.iter().map(|&i| requests[i].path.clone()).collect();
-                let out = client
+                let call = client
                     .batch_get_secret_value()
-                    .set_secret_id_list(Some(ids))
-                    .customize()
-                    .config_override(
-                        aws_sdk_secretsmanager::config::Config::builder().retry_config(
-                            aws_smithy_types::retry::RetryConfig::standard().with_max_attempts(1),
-                        ),
-                    )
-                    .send()
-                    .await;
+                    .set_secret_id_list(Some(ids));
+                let out = match self.throttled_batch {
+                    ThrottledBatch::Retry => super::while_throttled(|| call.clone().send()).await,
+                    ThrottledBatch::SingleReads => {
+                        call.customize()
+                            .config_override(
+                                aws_sdk_secretsmanager::config::Config::builder().retry_config(
+                                    aws_smithy_types::retry::RetryConfig::standard()
+                                        .with_max_attempts(1),
+                                ),
+                            )
+                            .send()
+                            .await
+                    }
+                };
                 (chunk, out)
             })
             .collect();
         let answers: Vec<_> = futures_util::stream::iter(calls)
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(self.parallel)
             .collect()
             .await;
         let region = self.sdk.region();
@@ -500,6 +525,25 @@ type Batched = (Vec<(usize, Result<Fetched, SecretError>)>, Vec<usize>);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bad_value_of_a_field_is_named_despite_the_flattened_common_fields() {
+        for (field, says) in [
+            (
+                "throttled_batch = \"never\"",
+                "`throttled_batch`: unknown variant",
+            ),
+            ("retry_mode = 3", "`retry_mode`: invalid type"),
+            (
+                "max_parallel = 300",
+                "`max_parallel = 300` must be between 1 and 256",
+            ),
+        ] {
+            let table: toml::Table = toml::from_str(field).unwrap();
+            let err = (super::KIND.parse)(table).err().unwrap();
+            assert!(err.0.starts_with(says), "{}", err.0);
+        }
+    }
+
     #[test]
     fn version_ids_and_stages() {
         assert!(super::is_version_id("f3927dc1-c71e-4656-bd9e-aa4e7b7d7e97"));

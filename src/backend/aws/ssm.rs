@@ -37,7 +37,7 @@ use crate::secret::SecretError;
 
 /// `GetParameters` takes at most 10 names.
 const BATCH: usize = 10;
-const PARALLEL: usize = 8;
+const DEFAULT_PARALLEL: usize = 8;
 
 pub const KIND: Kind = Kind {
     name: "aws-ssm",
@@ -64,6 +64,7 @@ pub struct Ssm {
     /// restart) asks `DescribeParameters` (no values) for the versions, 50 names a call, and
     /// reads values only for the parameters whose version moved.
     seen: crate::backend::Seen<i64>,
+    parallel: usize,
 }
 
 /// `name`, `name:3` or `name:label`, as GetParameters takes them.
@@ -156,6 +157,7 @@ impl Ssm {
             sdk: Sdk::new(config.common.clone()),
             client: OnceCell::new(),
             seen: crate::backend::Seen::default(),
+            parallel: config.common.max_parallel.unwrap_or(DEFAULT_PARALLEL),
         }
     }
 
@@ -264,7 +266,7 @@ impl Ssm {
             .map(|chunk| async move { self.get_parameters(client, requests, chunk).await })
             .collect();
         let answers: Vec<_> = futures_util::stream::iter(work)
-            .buffer_unordered(PARALLEL)
+            .buffer_unordered(self.parallel)
             .collect()
             .await;
         answers.into_iter().flatten().collect()
@@ -278,13 +280,11 @@ impl Ssm {
     ) -> Vec<(usize, Result<Fetched, SecretError>)> {
         let names: Vec<String> = chunk.iter().map(|&i| selector(&requests[i])).collect();
         let region = self.sdk.region();
-        let out = match client
+        let call = client
             .get_parameters()
             .set_names(Some(names.clone()))
-            .with_decryption(true)
-            .send()
-            .await
-        {
+            .with_decryption(true);
+        let out = match super::while_throttled(|| call.clone().send()).await {
             Ok(out) => out,
             Err(e) => {
                 let err = match e.as_service_error() {
