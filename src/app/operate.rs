@@ -221,24 +221,20 @@ mod tests {
 /// The largest value `put` reads from stdin or a file.
 const MAX_PUT: usize = 1 << 20;
 
-pub fn put(global: &Global, name: &str, from_file: Option<&Path>, cas: Option<u64>) -> Result<u8> {
+/// The new value of `name` for `put` and `rotate --stdin`: at most 1 MiB, one trailing newline
+/// dropped. Empty is a usage error (`hint` says what to do); a NUL byte or text that is not
+/// UTF-8 is a bad value (65), as when a backend holds one.
+pub fn read_new_value(
+    input: impl std::io::Read,
+    name: &str,
+    hint: &str,
+) -> Result<secrecy::SecretString> {
     use std::io::Read;
-    let plan = load_plan(global, false)?.only(name).map_err(Error::Usage)?;
-    let Some(var) = plan.vars.iter().find(|v| v.name.as_str() == name) else {
-        return Err(Error::Usage(format!(
-            "`{name}` is composed by a template: put the entries it uses instead"
-        )));
-    };
     let mut bytes = Zeroizing::new(Vec::new());
-    let read = match from_file {
-        Some(path) => std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_PUT as u64 + 1).read_to_end(&mut bytes)),
-        None => std::io::stdin()
-            .lock()
-            .take(MAX_PUT as u64 + 1)
-            .read_to_end(&mut bytes),
-    };
-    read.map_err(|e| Error::Usage(format!("cannot read the new value: {e}")))?;
+    input
+        .take(MAX_PUT as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Usage(format!("cannot read the new value: {e}")))?;
     if bytes.len() > MAX_PUT {
         return Err(Error::Usage(format!(
             "the new value is larger than {} MiB",
@@ -246,26 +242,38 @@ pub fn put(global: &Global, name: &str, from_file: Option<&Path>, cas: Option<u6
         )));
     }
     if bytes.is_empty() {
-        return Err(Error::Usage(
-            "no value on stdin: pipe it in (`secret-run put NAME < file`), or give --from-file"
-                .into(),
-        ));
+        return Err(Error::Usage(format!("the new value is empty: {hint}")));
     }
+    let invalid = |error| Error::Backend {
+        what: format!("the new value of `{name}`"),
+        error,
+    };
     if bytes.contains(&0) {
-        return Err(Error::Backend {
-            what: format!("the new value of `{name}`"),
-            error: crate::secret::SecretError::invalid(
-                "it holds a NUL byte, which no environment variable can carry",
-            ),
-        });
+        return Err(invalid(crate::secret::SecretError::invalid(
+            "it holds a NUL byte, which no environment variable can carry",
+        )));
     }
-    let value = crate::secret::value_from_bytes(std::mem::take(&mut *bytes)).map_err(|error| {
-        Error::Backend {
-            what: format!("the new value of `{name}`"),
-            error,
-        }
-    })?;
-    let value = crate::secret::strip_one_newline(value);
+    let value = crate::secret::value_from_bytes(std::mem::take(&mut *bytes)).map_err(invalid)?;
+    Ok(crate::secret::strip_one_newline(value))
+}
+
+pub fn put(global: &Global, name: &str, from_file: Option<&Path>, cas: Option<u64>) -> Result<u8> {
+    let plan = load_plan(global, false)?.only(name).map_err(Error::Usage)?;
+    let Some(var) = plan.vars.iter().find(|v| v.name.as_str() == name) else {
+        return Err(Error::Usage(format!(
+            "`{name}` is composed by a template: put the entries it uses instead"
+        )));
+    };
+    let value = match from_file {
+        Some(path) => std::fs::File::open(path)
+            .map_err(|e| Error::Usage(format!("cannot read the new value: {e}")))
+            .and_then(|f| read_new_value(f, name, "give a non-empty --from-file")),
+        None => read_new_value(
+            std::io::stdin().lock(),
+            name,
+            "pipe it in (`secret-run put NAME < file`), or give --from-file",
+        ),
+    }?;
     let written = write(&plan, var, value, cas, false, global)?;
     eprintln!(
         "secret-run: wrote `{name}` to backend `{}` at `{}`{}",

@@ -204,7 +204,6 @@ fn reloaded(done: &str) -> bool {
 
 /// The new value: stdin, or random bytes from the OS.
 fn new_value(how: &Rotation<'_>) -> Result<SecretString> {
-    use std::io::Read;
     if let (false, Some(n)) = (how.stdin, how.generate) {
         if !(16..=4096).contains(&n) {
             return Err(Error::Usage(format!(
@@ -223,24 +222,11 @@ fn new_value(how: &Rotation<'_>) -> Result<SecretString> {
         };
         return Ok(SecretString::from(text));
     }
-    let mut bytes = Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .lock()
-        .take(1 << 20)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::Usage(format!("cannot read the new value: {e}")))?;
-    if bytes.is_empty() || bytes.contains(&0) {
-        return Err(Error::Usage(
-            "the new value on stdin is empty or holds a NUL byte".into(),
-        ));
-    }
-    let value = crate::secret::value_from_bytes(std::mem::take(&mut *bytes)).map_err(|error| {
-        Error::Backend {
-            what: "the new value".into(),
-            error,
-        }
-    })?;
-    Ok(crate::secret::strip_one_newline(value))
+    super::operate::read_new_value(
+        std::io::stdin().lock(),
+        how.name,
+        "pipe it in (`secret-run rotate NAME --stdin < file`), or give --generate N",
+    )
 }
 
 /// The supervisor named by --pid / --pidfile / `[run] pidfile`, checked: alive, and secret-run.

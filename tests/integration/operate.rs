@@ -355,7 +355,7 @@ HOME_DIR = { backend = "env", path = "HOME" }
             .stderr_has("backend `env` (kind env) cannot be written");
         put(&p, &env, &["put", "STRIPE_KEY"], b"")
             .code(64)
-            .stderr_has("no value on stdin");
+            .stderr_has("the new value is empty");
         put(
             &p,
             &env,

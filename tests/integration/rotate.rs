@@ -205,6 +205,24 @@ fn rotate_refuses_a_dead_or_foreign_pid_and_rolls_back_when_no_reload_comes() {
         "v1"
     );
     drop(run);
+    // The new value: empty is a usage error, a NUL byte a bad value (as for `put`).
+    rotate(&other, &env, &["STRIPE_KEY", "--stdin"], b"")
+        .code(64)
+        .stderr_has("the new value is empty");
+    rotate(
+        &other,
+        &env,
+        &["STRIPE_KEY", "--stdin"],
+        b"CANARY-rotate-nul\0x",
+    )
+    .code(65)
+    .stderr_has("NUL")
+    .no_canary(true);
+    assert_eq!(
+        bao.ok(&["kv", "get", "-field=value", "secret/t-rotate-bad/k"])
+            .trim(),
+        "v1"
+    );
     // A backend without versions.
     let d = Project::with_manifest("[secrets]\nK = \"k\"\n");
     d.write(".env", "K=1\n");
