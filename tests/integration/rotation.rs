@@ -717,33 +717,13 @@ fn max_concurrent_restarts_lets_one_replica_at_a_time_hand_over() {
         "value=CANARY-rotation-v1",
     ]);
     bao.ok(&["kv", "metadata", "delete", "secret/t-slots/locks"]);
-    let manifest = format!(
-        "[backends.vault]\nkind = \"vault\"\naddress = \"{}\"\n[secrets]\nTOKEN = {{ backend = \"vault\", path = \"t-slots/token\" }}\n\
-         [run]\nmin_restart_interval = \"100ms\"\nmax_concurrent_restarts = {{ n = 1, vault = \"vault\", path = \"t-slots/locks\" }}\n[audit]\npath = \"audit.jsonl\"\n",
-        bao.addr
+    // Slow to stop: a hand-over takes a while, so that overlaps would show.
+    let (replicas, runs) = fleet(
+        3,
+        "t-slots/token",
+        "min_restart_interval = \"100ms\"\nmax_concurrent_restarts = { n = 1, vault = \"vault\", path = \"t-slots/locks\" }",
+        "trap 'sleep 0.5; echo \"term $$\" >> events.log; exit 0' TERM\necho \"start $$ $TOKEN\" >> events.log\nwhile :; do sleep 0.05; done",
     );
-    let replicas: Vec<Project> = (0..3).map(|_| Project::with_manifest(&manifest)).collect();
-    let runs: Vec<Supervised> = replicas
-        .iter()
-        .map(|p| {
-            // Slow to stop: a hand-over takes a while, so that overlaps would show.
-            script(
-                p,
-                "bin/service",
-                "trap 'sleep 0.5; echo \"term $$\" >> events.log; exit 0' TERM\necho \"start $$ $TOKEN\" >> events.log\nwhile :; do sleep 0.05; done",
-            );
-            Supervised::start_env(
-                p,
-                &["--", "./bin/service"],
-                &[("VAULT_TOKEN", crate::openbao::ROOT_TOKEN)],
-            )
-        })
-        .collect();
-    for p in &replicas {
-        wait_until("each first child", Duration::from_secs(10), || {
-            starts(p).len() == 1
-        });
-    }
     bao.ok(&[
         "kv",
         "put",

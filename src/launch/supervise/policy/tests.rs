@@ -904,15 +904,20 @@ fn restart_spread_does_not_delay_replacing_an_expiring_credential() {
     assert_eq!(sent(&out), vec![(100, SIGTERM)]);
 }
 
+/// `max_concurrent_restarts = { n = 1, vault = "vault", path = "locks/app" }`.
+fn one_slot() -> crate::manifest::run::RestartSlots {
+    crate::manifest::run::RestartSlots {
+        n: 1,
+        vault: "vault".into(),
+        path: "locks/app".into(),
+        ttl: Duration::from_secs(120),
+    }
+}
+
 #[test]
 fn max_concurrent_restarts_waits_for_a_slot_and_gives_it_back_after_the_hand_over() {
     let mut sim = Sim::with(|r| {
-        r.max_concurrent_restarts = Some(crate::manifest::run::RestartSlots {
-            n: 1,
-            vault: "vault".into(),
-            path: "locks/app".into(),
-            ttl: Duration::from_secs(120),
-        });
+        r.max_concurrent_restarts = Some(one_slot());
     });
     sim.feed(Input::Signal(SIGHUP));
     let out = sim.feed(Input::Resolved(found("v2")));
@@ -954,12 +959,7 @@ fn cmd_ready() -> Ready {
 fn restarted_holding_a_slot() -> Sim {
     let mut sim = Sim::with(|r| {
         r.ready = Some(cmd_ready());
-        r.max_concurrent_restarts = Some(crate::manifest::run::RestartSlots {
-            n: 1,
-            vault: "vault".into(),
-            path: "locks/app".into(),
-            ttl: Duration::from_secs(120),
-        });
+        r.max_concurrent_restarts = Some(one_slot());
     });
     sim.feed(Input::Signal(SIGHUP));
     sim.feed(Input::Resolved(found("v2")));
