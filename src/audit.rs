@@ -148,6 +148,9 @@ pub enum Event {
     Restart { old_pid: i32, pid: i32 },
     /// `on_change = "restart"` with `ready`: the restarted child is ready.
     Ready { pid: i32 },
+    /// `on_change = "restart"` with `ready`: the restarted child was not ready within
+    /// `ready.timeout` (it keeps running).
+    NotReady { pid: i32 },
     Reload {
         trigger: Trigger,
         outcome: ReloadOutcome,
@@ -279,6 +282,7 @@ impl Event {
                 ("restart", object(json!({ "old_pid": old_pid, "pid": pid })))
             }
             Event::Ready { pid } => ("ready", object(json!({ "pid": pid }))),
+            Event::NotReady { pid } => ("not-ready", object(json!({ "pid": pid }))),
             Event::Reload { trigger, outcome } => {
                 let fields = match outcome {
                     ReloadOutcome::Failed { failure, age_s } => {

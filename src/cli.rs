@@ -230,9 +230,10 @@ pub enum Sub {
         /// A command that must succeed with the new value in its environment (`sh -c`).
         #[arg(long, value_name = "CMD")]
         verify: Option<String>,
-        /// How long to wait for the supervisor to report a reload.
-        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-        reload_timeout: Duration,
+        /// How long to wait for the supervisor to report a reload [default: 60s, plus the
+        /// manifest's `restart_spread`].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        reload_timeout: Option<Duration>,
         /// Print the steps; change nothing.
         #[arg(long)]
         dry_run: bool,

@@ -17,6 +17,9 @@ use crate::cli::{GeneratedEncoding, Global};
 use crate::error::{Error, Result};
 use crate::launch::supervise::status::status_path;
 
+/// How long `rotate` waits for the supervisor's reload by default (plus `restart_spread`).
+const DEFAULT_RELOAD_WAIT: Duration = Duration::from_secs(60);
+
 /// How `rotate` runs.
 #[derive(Debug)]
 pub struct Rotation<'a> {
@@ -27,7 +30,8 @@ pub struct Rotation<'a> {
     pub pidfile: Option<&'a Path>,
     pub pid: Option<i32>,
     pub verify: Option<&'a str>,
-    pub reload_timeout: Duration,
+    /// `None`: 60 s plus `restart_spread`, which delays the reload by up to that much.
+    pub reload_timeout: Option<Duration>,
     pub dry_run: bool,
 }
 
@@ -59,6 +63,9 @@ pub fn run(global: &Global, how: &Rotation<'_>) -> Result<u8> {
         ))
     })?;
     let supervisor = supervisor(how, plan.run.pidfile.as_deref(), plan.run.reload_signal);
+    let reload_timeout = how
+        .reload_timeout
+        .unwrap_or(DEFAULT_RELOAD_WAIT + plan.run.restart_spread.unwrap_or_default());
     if how.dry_run {
         let mut steps = vec![format!(
             "write a new value for `{}` as a pending version of `{}` in backend `{}`",
@@ -125,7 +132,7 @@ pub fn run(global: &Global, how: &Rotation<'_>) -> Result<u8> {
     let mut failure = None;
     if pending.visible {
         if let Some(s) = &supervisor {
-            match s.reload(how.reload_timeout) {
+            match s.reload(reload_timeout) {
                 Ok(done) => {
                     record(&mut audit, "reload", &done);
                     if !reloaded(&done) {
@@ -158,7 +165,7 @@ pub fn run(global: &Global, how: &Rotation<'_>) -> Result<u8> {
         rolled.map_err(backend_error("cannot roll back"))?;
         if pending.visible {
             if let Some(s) = &supervisor {
-                let done = s.reload(how.reload_timeout).unwrap_or_else(|e| e);
+                let done = s.reload(reload_timeout).unwrap_or_else(|e| e);
                 record(&mut audit, "reload", &done);
             }
         }
@@ -179,7 +186,7 @@ pub fn run(global: &Global, how: &Rotation<'_>) -> Result<u8> {
     // Secrets Manager: reads get the new value only now.
     if !pending.visible {
         if let Some(s) = &supervisor {
-            let done = s.reload(how.reload_timeout).unwrap_or_else(|e| e);
+            let done = s.reload(reload_timeout).unwrap_or_else(|e| e);
             record(&mut audit, "reload", &done);
             if !reloaded(&done) {
                 eprintln!(

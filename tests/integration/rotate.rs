@@ -246,3 +246,63 @@ fn rotate_refuses_a_dead_or_foreign_pid_and_rolls_back_when_no_reload_comes() {
         "v1"
     );
 }
+
+#[test]
+fn with_ready_rotate_verifies_once_the_restarted_service_is_ready_and_rolls_back_one_never_ready() {
+    let bao = crate::openbao::shared();
+    bao.ok(&["kv", "put", "secret/t-rotate-ready/stripe", "value=sk_old"]);
+    let p = Project::with_manifest(&format!(
+        "{}ready = {{ cmd = [\"sh\", \"-c\", \"test -f ready.$SECRET_RUN_CHILD_PID\"], timeout = \"3s\" }}\n",
+        manifest("vault", "t-rotate-ready/stripe")
+    ));
+    let env = [
+        ("VAULT_ADDR", bao.addr.as_str()),
+        ("VAULT_TOKEN", ROOT_TOKEN),
+    ];
+    // Ready (and serving its key) a second after it starts; never with the key `sk_broken`.
+    let svc = script(
+        &p,
+        "service.sh",
+        "trap 'exit 0' TERM\nsleep 1\nif [ \"$STRIPE_KEY\" != sk_broken ]; then printf %s \"$STRIPE_KEY\" > key.seen.tmp && mv key.seen.tmp key.seen; : > ready.$$; fi\nwhile :; do sleep 0.1; done",
+    )
+    .display()
+    .to_string();
+    let run = Supervised::start_env(&p, &["--", &svc], &env);
+    wait_until("the service", Duration::from_secs(10), || {
+        seen(&p) == "sk_old"
+    });
+    // The check passes only against the new child once it is ready: the reload is reported
+    // then, not when the child starts.
+    let verify = "test \"$STRIPE_KEY\" = \"$(cat key.seen)\"";
+    rotate(
+        &p,
+        &env,
+        &["STRIPE_KEY", "--stdin", "--verify", verify],
+        b"sk_new",
+    )
+    .code(0)
+    .stderr_has("is current");
+    assert_eq!(seen(&p), "sk_new");
+    // A key the service cannot get ready with: reported `not-ready`, rolled back at once.
+    let r = rotate(&p, &env, &["STRIPE_KEY", "--stdin"], b"sk_broken");
+    r.code(1)
+        .stderr_has("ended `not-ready`")
+        .stderr_has("rolled back");
+    assert_eq!(
+        bao.ok(&["kv", "get", "-field=value", "secret/t-rotate-ready/stripe"])
+            .trim(),
+        "sk_new"
+    );
+    wait_until(
+        "the service back on sk_new",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(p.path("audit.log"))
+                .unwrap_or_default()
+                .matches("\"event\":\"ready\"")
+                .count()
+                >= 2
+        },
+    );
+    run.stop_expecting(0);
+}

@@ -190,7 +190,11 @@ impl<'a> Supervisor<'a> {
                 .run
                 .pidfile
                 .as_deref()
-                .map(status::Status::open)
+                .map(|pidfile| {
+                    let waits_ready = plan.run.ready.is_some()
+                        && plan.run.on_change == crate::manifest::run::OnChange::Restart;
+                    status::Status::open(pidfile, waits_ready)
+                })
                 .transpose()?,
             acquiring: None,
             slot_work: futures_util::stream::FuturesUnordered::new(),

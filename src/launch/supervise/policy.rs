@@ -1063,6 +1063,7 @@ impl Policy {
                     pid = pid.as_raw(),
                     "the restarted child did not become ready within ready.timeout; it keeps running"
                 );
+                out.push(Action::Audit(Event::NotReady { pid: pid.as_raw() }));
                 self.end_task(now);
             }
             Verdict::TimedOut(pid) => self.not_ready(pid, now, out),

@@ -1,8 +1,11 @@
 //! `[run] pidfile`: the supervisor's PID in the file, and in `PIDFILE.status` what its reloads
 //! came to: how many have completed and how the last ended (`applied`: the new values reached
-//! the child, by restart, signal or a new child taken; `unchanged`; `failed`: the resolve
-//! failed; `not-taken`: an overlap's new child was not ready). `secret-run rotate` signals the
-//! PID and waits for the count to move. Both files are removed when secret-run exits.
+//! the child, by restart, signal or a new child taken — with `ready`, a restarted child once it
+//! is ready; `unchanged`; `failed`: the resolve failed; `not-taken`: an overlap's new child was
+//! not ready; `not-ready`: a restarted child was not ready within `ready.timeout`; `exited`:
+//! the child ended by itself during the hand-over).
+//! `secret-run rotate` signals the PID and waits for the count to move. Both files are removed
+//! when secret-run exits.
 
 use std::path::PathBuf;
 
@@ -16,6 +19,8 @@ pub struct Status {
     /// A reload changed values and the hand-over is not over yet.
     changing: bool,
     child: Option<i32>,
+    /// A restart's hand-over ends when the new child is ready (`ready` with `restart`).
+    restart_waits_ready: bool,
 }
 
 /// `PIDFILE.status`.
@@ -26,13 +31,17 @@ pub fn status_path(pidfile: &std::path::Path) -> PathBuf {
 }
 
 impl Status {
-    pub fn open(pidfile: &std::path::Path) -> crate::error::Result<Status> {
+    pub fn open(
+        pidfile: &std::path::Path,
+        restart_waits_ready: bool,
+    ) -> crate::error::Result<Status> {
         let status = Status {
             pidfile: pidfile.to_path_buf(),
             file: status_path(pidfile),
             reloads: 0,
             changing: false,
             child: None,
+            restart_waits_ready,
         };
         crate::fsread::write_atomically(
             pidfile,
@@ -63,13 +72,23 @@ impl Status {
                     None
                 }
             },
-            Event::Restart { pid, .. } | Event::Overlap { pid, .. } | Event::Signal { pid, .. }
+            Event::Restart { pid, .. } if self.changing && self.restart_waits_ready => {
+                self.child = Some(*pid);
+                None
+            }
+            Event::Restart { pid, .. }
+            | Event::Ready { pid }
+            | Event::Overlap { pid, .. }
+            | Event::Signal { pid, .. }
                 if self.changing =>
             {
                 self.child = Some(*pid);
                 Some("applied")
             }
             Event::OverlapFailed { .. } if self.changing => Some("not-taken"),
+            Event::NotReady { .. } if self.changing => Some("not-ready"),
+            // The child ended by itself before the new values reached it (or it was ready).
+            Event::Exit { .. } if self.changing => Some("exited"),
             _ => None,
         };
         if let Some(last) = done {

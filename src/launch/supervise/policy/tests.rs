@@ -1005,7 +1005,7 @@ fn a_restarted_child_never_ready_keeps_running_and_gives_the_slot_back_at_the_ti
         pid: pid(101),
         ready: false,
     });
-    let mut released = false;
+    let (mut released, mut told) = (false, false);
     for step in 1..=25 {
         let out = sim.at(f64::from(step) * 0.1);
         assert!(
@@ -1013,6 +1013,7 @@ fn a_restarted_child_never_ready_keeps_running_and_gives_the_slot_back_at_the_ti
             "the new child is not stopped: {out:?}"
         );
         released |= out.contains(&Action::ReleaseSlot);
+        told |= events(&out).contains(&&Event::NotReady { pid: 101 });
         if out.contains(&Action::Probe(pid(101))) {
             sim.feed(Input::Probed {
                 pid: pid(101),
@@ -1021,6 +1022,7 @@ fn a_restarted_child_never_ready_keeps_running_and_gives_the_slot_back_at_the_ti
         }
     }
     assert!(released, "the slot is given back at ready.timeout");
+    assert!(told, "audited not-ready");
     assert_eq!(sim.policy.child(), Some(pid(101)));
 }
 
