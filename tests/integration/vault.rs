@@ -757,3 +757,50 @@ fn a_reply_read_with_the_wrong_kv_version_is_not_quoted_in_the_error() {
         assert!(said.contains("kv_version = 1"), "{said}");
     }
 }
+
+#[test]
+fn a_rate_limit_is_waited_out_within_the_deadline_whatever_max_retries_says() {
+    // An OpenBao of its own: a rate-limit quota on `secret/` would slow every other test.
+    let bao = Bao::start(&[]);
+    for i in 1..=6 {
+        bao.ok(&[
+            "kv",
+            "put",
+            &format!("secret/t-quota/s{i}"),
+            &format!("value=v{i}"),
+        ]);
+    }
+    bao.ok(&[
+        "write",
+        "sys/quotas/rate-limit/slow",
+        "path=secret/",
+        "rate=2",
+        "interval=1s",
+    ]);
+    let mut secrets = String::new();
+    for i in 1..=6 {
+        secrets.push_str(&format!(
+            "S{i} = {{ backend = \"vault\", path = \"t-quota/s{i}\" }}\n"
+        ));
+    }
+    let p = Project::with_manifest(&format!(
+        "{}[secrets]\n{secrets}",
+        backend(&bao, "max_retries = 1")
+    ));
+    // Six reads at two a second: 429s for a few seconds, more than one retry each.
+    let dump = child_env(&p, &["-v"], ROOT);
+    assert_eq!(dump["S6"], "v6");
+    // Past the deadline it is an outage that says what to do (one read a second: six take
+    // longer than the 2 s allowed).
+    bao.ok(&[
+        "write",
+        "sys/quotas/rate-limit/slow",
+        "path=secret/",
+        "rate=1",
+        "interval=1s",
+    ]);
+    let q = Project::with_manifest(&format!("{}[secrets]\n{secrets}", backend(&bao, "")));
+    q.run_env(&["--timeout", "2s", "--", "true"], ROOT)
+        .code(69)
+        .stderr_has("the server is rate-limiting; raise `--timeout`");
+}

@@ -1,6 +1,7 @@
 //! HTTP to Vault/OpenBao: one client whose connections are kept alive across requests, a timeout
 //! on every request, and retries with exponential back-off and full jitter on what may pass by
-//! itself (connection errors, timeouts, 5xx, 429), never on another 4xx, never past the deadline.
+//! itself (connection errors, timeouts, 5xx; 429 until the deadline, after Retry-After), never on
+//! another 4xx, never past the deadline.
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use crate::secret::SecretError;
 /// First back-off step; each retry doubles it, up to `BACKOFF_CAP`.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// A rate-limited request is not sent again this close to the deadline.
+const THROTTLED_MARGIN: Duration = Duration::from_millis(200);
 /// The largest reply read: Vault's own storage refuses entries above 1 MiB by default, and a
 /// listing of mounts is far smaller.
 pub const MAX_REPLY: usize = 8 << 20;
@@ -150,7 +153,7 @@ impl Http {
         deadline: Instant,
     ) -> Result<Reply, SecretError> {
         let headers = self.headers(token)?;
-        let mut attempt: u32 = 0;
+        let (mut attempt, mut throttles): (u32, u32) = (0, 0);
         loop {
             let now = Instant::now();
             let limit = deadline.min(now + self.request_timeout);
@@ -172,6 +175,11 @@ impl Http {
                 {
                     return Err(Received::TooLarge);
                 }
+                let retry_after = (status == StatusCode::TOO_MANY_REQUESTS)
+                    .then(|| response.headers().get(reqwest::header::RETRY_AFTER))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .map(|s| Duration::from_secs(s.min(60)));
                 // Read piece by piece, so that a reply without a length is bounded too.
                 let mut body = Zeroizing::new(Vec::new());
                 while let Some(chunk) = response.chunk().await.map_err(Received::Error)? {
@@ -180,11 +188,15 @@ impl Http {
                     }
                     body.extend_from_slice(&chunk);
                 }
-                Ok(Reply { status, body })
+                Ok((Reply { status, body }, retry_after))
             };
+            let mut retry_after = None;
             let failure = match tokio::time::timeout_at(limit, sent).await {
-                Ok(Ok(reply)) if !retryable(reply.status) => return Ok(reply),
-                Ok(Ok(reply)) => Failure::Reply(reply),
+                Ok(Ok((reply, _))) if !retryable(reply.status) => return Ok(reply),
+                Ok(Ok((reply, after))) => {
+                    retry_after = after;
+                    Failure::Reply(reply)
+                }
                 Ok(Err(Received::Error(e))) => Failure::Error(self.describe(&e), Some(e)),
                 Ok(Err(Received::TooLarge)) => {
                     return Err(SecretError::unavailable(format!(
@@ -208,9 +220,28 @@ impl Http {
                     None,
                 ),
             };
-            attempt += 1;
-            let pause = backoff(attempt);
-            if attempt > self.max_retries || Instant::now() + pause >= deadline {
+            // A rate limit (429) is waited out until the deadline, whatever `max_retries` says:
+            // a fleet that meets a quota starts more slowly, never fails for it while there is
+            // time. At least as long as the server's Retry-After asks.
+            let throttled =
+                matches!(&failure, Failure::Reply(r) if r.status == StatusCode::TOO_MANY_REQUESTS);
+            let pause = if throttled {
+                throttles += 1;
+                backoff(throttles).max(retry_after.unwrap_or_default())
+            } else {
+                attempt += 1;
+                backoff(attempt)
+            };
+            // A rate limit stops a little before the deadline, so that the last 429 (which
+            // says why) is what the user reads, not the resolve deadline firing mid-request.
+            let margin = if throttled {
+                THROTTLED_MARGIN
+            } else {
+                Duration::ZERO
+            };
+            if (!throttled && attempt > self.max_retries)
+                || Instant::now() + pause + margin >= deadline
+            {
                 return match failure {
                     Failure::Reply(reply) => Ok(reply),
                     Failure::Error(msg, cause) => {

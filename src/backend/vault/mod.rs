@@ -12,7 +12,7 @@
 //! ca_cert = "/etc/ssl/vault-ca.pem"   # else $VAULT_CACERT / $VAULT_CAPATH; replaces the system roots
 //! auth = { method = "approle", role_id = "…", secret_id_file = "/run/secrets/approle-secret-id" }
 //! request_timeout = "10s" # per request, retries included in the resolve deadline
-//! max_retries = 4         # on connection errors, 5xx and 429, with jittered exponential back-off
+//! max_retries = 4         # on connection errors and 5xx, with jittered exponential back-off (429: until the deadline)
 //! max_parallel = 16       # requests in flight at once
 //! revoke = true           # revoke issued leases when no child uses them (false: let them expire)
 //! ```
