@@ -730,30 +730,14 @@ fn max_concurrent_restarts_lets_one_replica_at_a_time_hand_over() {
         "secret/t-slots/token",
         "value=CANARY-rotation-v2",
     ]);
-    for r in &runs {
-        r.signal(Signal::SIGHUP);
-    }
-    for p in &replicas {
-        wait_until(
-            "every replica on the new value",
-            Duration::from_secs(40),
-            || starts(p).len() == 2,
-        );
-        assert!(starts(p)[1].ends_with("CANARY-rotation-v2"));
-    }
-    for p in &replicas {
-        wait_until("the slot given back", Duration::from_secs(10), || {
-            !audit(p, "slot-released").is_empty()
-        });
-    }
+    reload_fleet(&replicas, &runs, Duration::from_secs(40), true);
     // The slots were held one after another, never two at once.
-    let ts = |v: &serde_json::Value| humantime::parse_rfc3339(v["ts"].as_str().unwrap()).unwrap();
     let mut held: Vec<(std::time::SystemTime, std::time::SystemTime)> = replicas
         .iter()
         .map(|p| {
             (
-                ts(&audit(p, "slot-acquired")[0]),
-                ts(&audit(p, "slot-released")[0]),
+                timestamp(&audit(p, "slot-acquired")[0]),
+                timestamp(&audit(p, "slot-released")[0]),
             )
         })
         .collect();
@@ -866,6 +850,21 @@ fn fleet(count: usize, path: &str, run: &str, body: &str) -> (Vec<Project>, Vec<
     (replicas, runs)
 }
 
+/// SIGHUP to every replica of `fleet`; returns once each runs a second child, on the value
+/// `CANARY-rotation-v2`, within `limit` (and, with `slots`, has given its restart slot back).
+#[cfg(feature = "vault")]
+fn reload_fleet(replicas: &[Project], runs: &[Supervised], limit: Duration, slots: bool) {
+    for r in runs {
+        r.signal(Signal::SIGHUP);
+    }
+    for p in replicas {
+        wait_until("every replica on the new value", limit, || {
+            starts(p).len() == 2 && (!slots || !audit(p, "slot-released").is_empty())
+        });
+        assert!(starts(p)[1].ends_with("CANARY-rotation-v2"));
+    }
+}
+
 #[cfg(feature = "vault")]
 fn timestamp(v: &serde_json::Value) -> std::time::SystemTime {
     humantime::parse_rfc3339(v["ts"].as_str().unwrap()).unwrap()
@@ -892,17 +891,7 @@ fn a_rotation_on_twenty_replicas_with_restart_spread_restarts_them_across_the_wi
     );
     put("CANARY-rotation-v2");
     let signalled = std::time::SystemTime::now();
-    for r in &runs {
-        r.signal(Signal::SIGHUP);
-    }
-    for p in &replicas {
-        wait_until(
-            "every replica on the new value",
-            Duration::from_secs(60),
-            || starts(p).len() == 2,
-        );
-        assert!(starts(p)[1].ends_with("CANARY-rotation-v2"));
-    }
+    reload_fleet(&replicas, &runs, Duration::from_secs(60), false);
     // Each replica drew its own delay within the window, and restarted after it.
     let mut restarts = Vec::new();
     for p in &replicas {
@@ -943,17 +932,7 @@ fn twenty_replicas_with_two_restart_slots_never_have_more_than_two_between_stop_
         "trap 'sleep 0.3; echo \"term $$\" >> events.log; exit 0' TERM\necho \"start $$ $TOKEN\" >> events.log\nsleep 0.4\n: > ready.$$\nwhile :; do sleep 1 & wait $!; done",
     );
     put("CANARY-rotation-v2");
-    for r in &runs {
-        r.signal(Signal::SIGHUP);
-    }
-    for p in &replicas {
-        wait_until(
-            "every replica on the new value",
-            Duration::from_secs(120),
-            || starts(p).len() == 2 && !audit(p, "slot-released").is_empty(),
-        );
-        assert!(starts(p)[1].ends_with("CANARY-rotation-v2"));
-    }
+    reload_fleet(&replicas, &runs, Duration::from_secs(120), true);
     // Each replica was out of service from its stop to its new child's readiness, inside the
     // slot it held: from `slot-acquired` to `ready`.
     let mut edges = Vec::new();
