@@ -266,10 +266,12 @@ impl Intercept for CallCounter {
         _cfg: &mut ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
         let response = context.response();
+        // `Code` or `Code:namespace-url`: the same codes `is_throttled` knows.
         let throttled = response
             .headers()
             .get("x-amzn-errortype")
-            .is_some_and(|t| t.starts_with("Throttling") || t.starts_with("TooManyRequests"));
+            .and_then(|t| t.split(':').next())
+            .is_some_and(is_throttling_code);
         if throttled {
             let n = self.0.throttled.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::info!(throttled = n, "AWS throttled a call (its API's rate quota)");
@@ -295,14 +297,16 @@ pub const MAX_REPLY: u64 = 16 << 20;
 
 /// AWS refused the call for its rate (the account's quota for that API).
 pub fn is_throttled<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(is_throttling_code)
+}
+
+/// The error codes AWS APIs answer a call over their rate with.
+fn is_throttling_code(code: &str) -> bool {
     matches!(
-        err.as_service_error().and_then(|e| e.code()),
-        Some(
-            "ThrottlingException"
-                | "TooManyRequestsException"
-                | "Throttling"
-                | "RequestLimitExceeded"
-        )
+        code,
+        "ThrottlingException" | "TooManyRequestsException" | "Throttling" | "RequestLimitExceeded"
     )
 }
 
