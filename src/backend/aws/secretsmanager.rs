@@ -21,9 +21,10 @@
 //! policy does not allow it, or AWS throttles it, secret-run falls back to parallel
 //! `GetSecretValue` calls (`throttled_batch = "retry"` waits and batches again instead: a
 //! twentieth of the calls, and a slower start when the fleet meets the quota). A re-read
-//! (`watch`, a restart) asks `DescribeSecret` which version is current and reads only what moved (`recheck = "describe"`, the default: within quota at any
-//! fleet size, but one call per secret); `recheck = "values"` reads every value again in batches
-//! (a twentieth of the calls, under the batch API's 100 calls/s). docs/scale.md has the numbers.
+//! (`watch`, a restart) asks `DescribeSecret` which version is current and reads only what
+//! moved (`recheck = "describe"`, the default: within quota at any fleet size, but one call per
+//! secret); `recheck = "values"` reads every value again in batches (a twentieth of the calls,
+//! under the batch API's 100 calls/s). docs/scale.md has the numbers.
 
 use std::collections::HashMap;
 
