@@ -406,8 +406,7 @@ fn watch_reads_only_what_changed(
     let p = Project::with_manifest(&format!(
         "{table}\n[secrets]\nA = {{ backend = \"w\", path = \"{a}\" }}\nB = {{ backend = \"w\", path = \"{b}\" }}\n[run]\nwatch = \"1s\"\nmin_restart_interval = \"100ms\"\n"
     ));
-    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let e = proxy.env(m);
     let run = crate::support::Supervised::start_env(
         &p,
         &[
@@ -482,10 +481,28 @@ fn watch_asks_describe_secret_and_reads_only_what_changed() {
     run.stop_expecting(143);
 }
 
+/// Creates `count` secrets `PREFIX/s00`… with values `v0`…, and returns their `[secrets]` lines
+/// (`S00 = …`) for a backend named `aws`.
+fn create_secrets(m: &Moto, prefix: &str, count: usize) -> String {
+    let mut create = String::new();
+    let mut secrets = String::new();
+    for i in 0..count {
+        create.push_str(&format!(
+            "sm.create_secret(Name='{prefix}/s{i:02}', SecretString='v{i}')\n"
+        ));
+        secrets.push_str(&format!(
+            "S{i:02} = {{ backend = \"aws\", path = \"{prefix}/s{i:02}\" }}\n"
+        ));
+    }
+    m.py(&create);
+    secrets
+}
+
 /// The throttling proxy fixture (tests/fixtures/throttle_proxy.py) in front of `m`, with
 /// per-operation `limits` (`{"secretsmanager.BatchGetSecretValue": [rate, burst]}`).
 struct Throttle {
     port: u16,
+    endpoint: String,
     _keeper: crate::kept::Kept,
     _dir: tempfile::TempDir,
 }
@@ -531,9 +548,15 @@ impl Throttle {
         );
         Throttle {
             port,
+            endpoint: format!("http://127.0.0.1:{port}"),
             _keeper: keeper,
             _dir: dir,
         }
+    }
+
+    /// The moto environment with AWS calls going through the proxy.
+    fn env<'a>(&'a self, m: &'a Moto) -> Vec<(&'a str, String)> {
+        env(m, &[("AWS_ENDPOINT_URL", &self.endpoint)])
     }
 
     /// The proxy's calls per operation (plain HTTP/1.0: no client program needed).
@@ -554,24 +577,13 @@ fn a_throttled_batch_falls_back_to_single_reads_and_the_start_succeeds() {
     // and be retried, and the exact call counts below would count the retry.
     let own = Moto::start(&[]);
     let m = &own;
-    let mut create = String::new();
-    let mut secrets = String::new();
-    for i in 0..30 {
-        create.push_str(&format!(
-            "sm.create_secret(Name='t-throttle/s{i:02}', SecretString='v{i}')\n"
-        ));
-        secrets.push_str(&format!(
-            "S{i:02} = {{ backend = \"aws\", path = \"t-throttle/s{i:02}\" }}\n"
-        ));
-    }
-    m.py(&create);
+    let secrets = create_secrets(m, "t-throttle", 30);
     // The batch API allows nothing at all: every batch call is throttled.
     let proxy = Throttle::start(m, r#"{"secretsmanager.BatchGetSecretValue": [0, 0]}"#);
     let p = Project::with_manifest(&format!(
         "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\n{secrets}"
     ));
-    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let e = proxy.env(m);
     let dump = crate::support::child_env(&p, &["-v"], &as_refs(&e));
     assert_eq!(dump["S00"], "v0");
     assert_eq!(dump["S29"], "v29");
@@ -593,8 +605,7 @@ fn a_throttled_batch_falls_back_to_single_reads_and_the_start_succeeds() {
     // throttled_batch = "retry": the batch is called again until it gets through (the quota
     // here: one call, then one a second); no single read.
     let proxy = Throttle::start(m, r#"{"secretsmanager.BatchGetSecretValue": [1, 1]}"#);
-    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let e = proxy.env(m);
     let p = Project::with_manifest(&format!(
         "[backends.aws]\nkind = \"aws-secrets-manager\"\nthrottled_batch = \"retry\"\nmax_parallel = 2\n[secrets]\n{secrets}"
     ));
@@ -637,17 +648,7 @@ fn two_hundred_concurrent_starts_of_a_hundred_secrets_at_the_published_rates_all
     // (moto alone serves ~250 calls/s here; the fleet sends 10,000 and more).
     let own = Moto::start(&[]);
     let m = &own;
-    let mut create = String::new();
-    let mut secrets = String::new();
-    for i in 0..100 {
-        create.push_str(&format!(
-            "sm.create_secret(Name='t-fleet/s{i:02}', SecretString='v{i}')\n"
-        ));
-        secrets.push_str(&format!(
-            "S{i:02} = {{ backend = \"aws\", path = \"t-fleet/s{i:02}\" }}\n"
-        ));
-    }
-    m.py(&create);
+    let secrets = create_secrets(m, "t-fleet", 100);
     let proxy = Throttle::start_replaying(
         m,
         r#"{"secretsmanager.BatchGetSecretValue": [100, 100], "secretsmanager.GetSecretValue": [10000, 10000]}"#,
@@ -655,8 +656,7 @@ fn two_hundred_concurrent_starts_of_a_hundred_secrets_at_the_published_rates_all
     let p = Project::with_manifest(&format!(
         "[backends.aws]\nkind = \"aws-secrets-manager\"\n[secrets]\n{secrets}"
     ));
-    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let e = env(m, &[("AWS_ENDPOINT_URL", &endpoint)]);
+    let e = proxy.env(m);
     let starts: Vec<_> = (0..200)
         .map(|_| {
             let mut cmd = p.cmd();
